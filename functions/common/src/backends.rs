@@ -1,0 +1,73 @@
+//! Clients for the two real backends, built from [`Settings`].
+//!
+//! Both are lazy: a function starts (and can answer `/healthz` with `503`)
+//! even while Redis or DynamoDB is down, and connects once they are back.
+//! Both carry timeouts, so a slow backend becomes a `503`, never a hang.
+
+use std::time::Duration;
+
+use aws_config::timeout::TimeoutConfig;
+use aws_config::{BehaviorVersion, Region};
+use aws_sdk_dynamodb::config::Credentials;
+
+use crate::config::Settings;
+
+/// A DynamoDB client; talks to DynamoDB Local when `DYNAMODB_ENDPOINT` is set.
+pub async fn dynamodb(settings: &Settings) -> aws_sdk_dynamodb::Client {
+    let timeout = Duration::from_millis(settings.backend_timeout_ms);
+    let mut loader = aws_config::defaults(BehaviorVersion::latest())
+        .region(Region::new(settings.aws_region.clone()))
+        .timeout_config(
+            TimeoutConfig::builder()
+                .connect_timeout(Duration::from_millis(500).min(timeout))
+                .operation_attempt_timeout(timeout)
+                .operation_timeout(timeout + timeout / 2)
+                .build(),
+        );
+    if let Some(endpoint) = &settings.dynamodb_endpoint {
+        loader = loader.endpoint_url(endpoint);
+        // DynamoDB Local accepts any credentials; don't make developers set them.
+        if crate::config::var("AWS_ACCESS_KEY_ID").is_none() {
+            loader = loader.credentials_provider(Credentials::new(
+                "local", "local", None, None, "flashsale-local",
+            ));
+        }
+    }
+    aws_sdk_dynamodb::Client::new(&loader.load().await)
+}
+
+/// A multiplexed, self-reconnecting Redis connection that connects on first use.
+pub fn redis(settings: &Settings) -> redis::RedisResult<redis::aio::ConnectionManager> {
+    let timeout = Duration::from_millis(settings.backend_timeout_ms);
+    let client = redis::Client::open(settings.redis_url.as_str())?;
+    let config = redis::aio::ConnectionManagerConfig::new()
+        .set_connection_timeout(Some(Duration::from_millis(500).min(timeout)))
+        .set_response_timeout(Some(timeout))
+        .set_number_of_retries(2)
+        .set_max_delay(Duration::from_millis(200));
+    redis::aio::ConnectionManager::new_lazy_with_config(client, config)
+}
+
+/// `PING`, for readiness checks.
+pub async fn redis_ping(conn: &redis::aio::ConnectionManager) -> Result<(), String> {
+    let mut conn = conn.clone();
+    redis::cmd("PING")
+        .query_async::<String>(&mut conn)
+        .await
+        .map(|_| ())
+        .map_err(|e| format!("redis: {e}"))
+}
+
+/// `DescribeTable`, for readiness checks and `migrate`.
+pub async fn dynamodb_table_ready(
+    client: &aws_sdk_dynamodb::Client,
+    table: &str,
+) -> Result<(), String> {
+    client
+        .describe_table()
+        .table_name(table)
+        .send()
+        .await
+        .map(|_| ())
+        .map_err(|e| format!("dynamodb table {table}: {}", aws_sdk_dynamodb::error::DisplayErrorContext(e)))
+}

@@ -1,0 +1,22 @@
+//! What all three functions truly share, and nothing more.
+//!
+//! * [`config`]  — typed configuration read once from the environment;
+//! * [`telemetry`] — JSON logs, one line per event, stamped with the request id;
+//! * [`error`]   — the one error type, mapped to the contract's codes in one place;
+//! * [`http`]    — the middleware every function wears (request ids, body limit,
+//!   JSON extraction that speaks the contract, `/healthz`);
+//! * [`token`]   — Ed25519 access tokens: issued by auth, verified locally elsewhere;
+//! * [`backends`] — clients for DynamoDB and Redis built from the configuration;
+//! * [`serve`]   — one Router, two runtimes: AWS Lambda or a plain HTTP server.
+
+pub mod backends;
+pub mod config;
+pub mod error;
+pub mod http;
+pub mod metrics;
+pub mod serve;
+pub mod telemetry;
+pub mod token;
+
+pub use error::{ApiError, ApiResult};
+pub use serve::serve;

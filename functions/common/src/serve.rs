@@ -1,0 +1,105 @@
+//! One Router, two runtimes.
+//!
+//! On AWS Lambda (`AWS_LAMBDA_RUNTIME_API` is set) the router is handed to
+//! `lambda_http`; everywhere else (Knative, a container, a laptop) it is
+//! served by axum on `$PORT`, and SIGTERM or Ctrl-C stops accepting new
+//! connections while in-flight requests finish.
+
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+
+use axum::Router;
+use tokio::net::TcpListener;
+
+use crate::config::{parsed_or, var};
+
+/// Where a plain-process server listens: `$PORT` (default 8080) on
+/// `$BIND_ADDR`, which defaults to all interfaces inside Knative (it must be
+/// reachable by the queue-proxy) and to loopback everywhere else.
+pub fn listen_addr() -> anyhow::Result<SocketAddr> {
+    let port: u16 = parsed_or("PORT", 8080)?;
+    let default_ip = if var("K_SERVICE").is_some() {
+        IpAddr::V4(Ipv4Addr::UNSPECIFIED)
+    } else {
+        IpAddr::V4(Ipv4Addr::LOCALHOST)
+    };
+    let ip: IpAddr = parsed_or("BIND_ADDR", default_ip)?;
+    Ok(SocketAddr::new(ip, port))
+}
+
+/// Runs `router` until shutdown, on Lambda or as an HTTP server.
+pub async fn serve(router: Router) -> anyhow::Result<()> {
+    if std::env::var_os("AWS_LAMBDA_RUNTIME_API").is_some() {
+        return lambda_http::run(router)
+            .await
+            .map_err(|e| anyhow::anyhow!("lambda runtime: {e}"));
+    }
+    spawn_metrics_server().await?;
+    let listener = TcpListener::bind(listen_addr()?).await?;
+    serve_on(listener, router, shutdown_signal()).await
+}
+
+/// Serves on an already bound listener until `shutdown` resolves, then
+/// drains in-flight requests. Tests use it with a random port.
+pub async fn serve_on(
+    listener: TcpListener,
+    router: Router,
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+) -> anyhow::Result<()> {
+    tracing::info!(addr = %listener.local_addr()?, "listening");
+    axum::serve(listener, router)
+        .with_graceful_shutdown(shutdown)
+        .await?;
+    tracing::info!("stopped: in-flight requests finished");
+    Ok(())
+}
+
+/// Prometheus metrics on `METRICS_PORT` (loopback unless `BIND_ADDR` says
+/// otherwise), a port the public router never forwards to.
+async fn spawn_metrics_server() -> anyhow::Result<()> {
+    let Some(port) = var("METRICS_PORT") else {
+        return Ok(());
+    };
+    let port: u16 = port.parse()?;
+    let mut addr = listen_addr()?;
+    addr.set_port(port);
+    let listener = TcpListener::bind(addr).await?;
+    let app = Router::new().route(
+        "/metrics",
+        axum::routing::get(|| async {
+            (
+                [(http::header::CONTENT_TYPE, "text/plain; version=0.0.4")],
+                crate::metrics::render(),
+            )
+        }),
+    );
+    tracing::info!(%addr, "metrics listening");
+    tokio::spawn(async move {
+        if let Err(e) = axum::serve(listener, app).await {
+            tracing::error!(error = %e, "metrics server stopped");
+        }
+    });
+    Ok(())
+}
+
+/// Resolves on SIGTERM (Knative, Kubernetes, `just down`) or Ctrl-C.
+pub async fn shutdown_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    #[cfg(unix)]
+    let terminate = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut signal) => {
+                signal.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let terminate = std::future::pending::<()>();
+    tokio::select! {
+        _ = ctrl_c => {},
+        _ = terminate => {},
+    }
+    tracing::info!("shutdown signal received: draining");
+}

@@ -1,0 +1,226 @@
+//! The gate in process memory, for embedded mode: the same rules as
+//! `gate.lua`, with a mutex standing in for Redis' single thread.
+
+use std::collections::{BTreeSet, HashMap};
+use std::sync::{Mutex, MutexGuard};
+
+use async_trait::async_trait;
+
+use super::{GateError, GateSnapshot, Hold, HoldOutcome, HoldState, StockGate};
+use crate::sale::{HoldId, SaleDefinition, SaleId};
+
+#[derive(Default)]
+struct SaleGate {
+    total: i64,
+    limit: i64,
+    starts_ms: i64,
+    ends_ms: i64,
+    remaining: i64,
+    held: i64,
+    confirmed: i64,
+    users: HashMap<String, i64>,
+    holds: HashMap<HoldId, HoldState>,
+    expiry: BTreeSet<(i64, HoldId)>,
+}
+
+impl SaleGate {
+    fn adopt(&mut self, order: &Hold) {
+        let qty = i64::from(order.quantity);
+        self.remaining -= qty;
+        self.confirmed += qty;
+        *self.users.entry(order.user_id.clone()).or_default() += qty;
+        self.holds.insert(
+            order.hold_id.clone(),
+            HoldState::Settled {
+                user_id: order.user_id.clone(),
+                quantity: order.quantity,
+            },
+        );
+    }
+
+    fn settle(&mut self, order: &Hold) -> bool {
+        match self.holds.get(&order.hold_id).cloned() {
+            Some(HoldState::Settled { .. }) => false,
+            Some(HoldState::Held(hold)) => {
+                let qty = i64::from(hold.quantity);
+                self.held -= qty;
+                self.confirmed += qty;
+                self.expiry.remove(&(hold.expires_ms, hold.hold_id.clone()));
+                self.holds.insert(
+                    hold.hold_id.clone(),
+                    HoldState::Settled {
+                        user_id: hold.user_id,
+                        quantity: hold.quantity,
+                    },
+                );
+                false
+            }
+            None => {
+                self.adopt(order);
+                true
+            }
+        }
+    }
+}
+
+#[derive(Default)]
+pub struct MemoryGate {
+    sales: Mutex<HashMap<SaleId, SaleGate>>,
+}
+
+impl MemoryGate {
+    fn sales(&self) -> MutexGuard<'_, HashMap<SaleId, SaleGate>> {
+        match self.sales.lock() {
+            Ok(guard) => guard,
+            Err(poisoned) => poisoned.into_inner(),
+        }
+    }
+
+    /// Forgets everything, as a Redis restart without persistence would.
+    pub fn flush(&self) {
+        self.sales().clear();
+    }
+}
+
+#[async_trait]
+impl StockGate for MemoryGate {
+    async fn load(&self, sale: &SaleDefinition, confirmed: &[Hold]) -> Result<bool, GateError> {
+        let mut sales = self.sales();
+        if sales.contains_key(&sale.sale_id) {
+            return Ok(false);
+        }
+        let total = sale.stock_total as i64;
+        let mut gate = SaleGate {
+            total,
+            limit: i64::from(sale.per_user_limit),
+            starts_ms: sale.starts_ms(),
+            ends_ms: sale.ends_ms(),
+            remaining: total,
+            ..SaleGate::default()
+        };
+        for order in confirmed {
+            gate.settle(order);
+        }
+        sales.insert(sale.sale_id.clone(), gate);
+        Ok(true)
+    }
+
+    async fn try_hold(
+        &self,
+        sale: &SaleId,
+        hold_id: &HoldId,
+        user_id: &str,
+        quantity: u32,
+        now_ms: i64,
+        ttl_ms: i64,
+    ) -> Result<HoldOutcome, GateError> {
+        let mut sales = self.sales();
+        let Some(gate) = sales.get_mut(sale) else {
+            return Ok(HoldOutcome::Missing);
+        };
+        if let Some(existing) = gate.holds.get(hold_id) {
+            return Ok(HoldOutcome::Exists(existing.clone()));
+        }
+        if now_ms < gate.starts_ms {
+            return Ok(HoldOutcome::Upcoming);
+        }
+        if now_ms >= gate.ends_ms {
+            return Ok(HoldOutcome::Ended);
+        }
+        let qty = i64::from(quantity);
+        if gate.remaining < qty {
+            return Ok(HoldOutcome::SoldOut {
+                remaining: gate.remaining,
+                held: gate.held,
+            });
+        }
+        let taken = gate.users.get(user_id).copied().unwrap_or(0);
+        if taken + qty > gate.limit {
+            return Ok(HoldOutcome::LimitReached);
+        }
+        let hold = Hold {
+            hold_id: hold_id.clone(),
+            user_id: user_id.to_owned(),
+            quantity,
+            expires_ms: now_ms + ttl_ms,
+        };
+        gate.remaining -= qty;
+        gate.held += qty;
+        *gate.users.entry(user_id.to_owned()).or_default() += qty;
+        gate.holds.insert(hold_id.clone(), HoldState::Held(hold.clone()));
+        gate.expiry.insert((hold.expires_ms, hold_id.clone()));
+        Ok(HoldOutcome::Held(hold))
+    }
+
+    async fn settle(&self, sale: &SaleId, orders: &[Hold]) -> Result<Option<u64>, GateError> {
+        let mut sales = self.sales();
+        let Some(gate) = sales.get_mut(sale) else {
+            return Ok(None);
+        };
+        Ok(Some(orders.iter().filter(|o| gate.settle(o)).count() as u64))
+    }
+
+    async fn release(&self, sale: &SaleId, hold: &Hold) -> Result<bool, GateError> {
+        let mut sales = self.sales();
+        let Some(gate) = sales.get_mut(sale) else {
+            return Ok(false);
+        };
+        let current = match gate.holds.get(&hold.hold_id) {
+            Some(HoldState::Held(h)) if h.expires_ms == hold.expires_ms => h.clone(),
+            _ => return Ok(false),
+        };
+        let qty = i64::from(current.quantity);
+        gate.remaining += qty;
+        gate.held -= qty;
+        if let Some(taken) = gate.users.get_mut(&current.user_id) {
+            *taken -= qty;
+            if *taken <= 0 {
+                gate.users.remove(&current.user_id);
+            }
+        }
+        gate.holds.remove(&hold.hold_id);
+        gate.expiry.remove(&(current.expires_ms, current.hold_id));
+        Ok(true)
+    }
+
+    async fn lookup(&self, sale: &SaleId, hold_id: &HoldId) -> Result<Option<HoldState>, GateError> {
+        Ok(self.sales().get(sale).and_then(|g| g.holds.get(hold_id).cloned()))
+    }
+
+    async fn expired(&self, sale: &SaleId, now_ms: i64, max: usize) -> Result<Vec<Hold>, GateError> {
+        let sales = self.sales();
+        let Some(gate) = sales.get(sale) else {
+            return Ok(Vec::new());
+        };
+        Ok(gate
+            .expiry
+            .iter()
+            .take_while(|(expires, _)| *expires <= now_ms)
+            .take(max)
+            .filter_map(|(_, id)| match gate.holds.get(id) {
+                Some(HoldState::Held(h)) => Some(h.clone()),
+                _ => None,
+            })
+            .collect())
+    }
+
+    async fn snapshot(&self, sale: &SaleId) -> Result<Option<GateSnapshot>, GateError> {
+        Ok(self.sales().get(sale).map(|g| GateSnapshot {
+            total: g.total,
+            remaining: g.remaining,
+            held: g.held,
+            confirmed: g.confirmed,
+            open_holds: g.expiry.len() as u64,
+            oldest_expiry_ms: g.expiry.first().map(|(e, _)| *e),
+        }))
+    }
+
+    async fn forget(&self, sale: &SaleId) -> Result<(), GateError> {
+        self.sales().remove(sale);
+        Ok(())
+    }
+
+    async fn ready(&self) -> Result<(), String> {
+        Ok(())
+    }
+}

@@ -1,0 +1,129 @@
+//! The stock gate: the first line against overselling, sized for a stampede.
+//!
+//! Every checkout first takes a *hold* here: one atomic step that checks the
+//! sale window, the user's limit and the remaining stock, then moves units
+//! from `remaining` to `held`. A hold ends in exactly one of two ways:
+//! *settled* (its order is in the ledger: `held` → `confirmed`) or
+//! *released* (its checkout failed: `held` → `remaining`). A hold nobody
+//! ends expires, and the sweeper asks the ledger which of the two it was.
+//!
+//! Two implementations: [`RedisGate`] (the real one; the logic is one Lua
+//! script, `gate.lua`) and [`MemoryGate`] (embedded mode). Both pass the
+//! same conformance suite (`tests/gate_conformance.rs`).
+
+mod memory;
+mod redis;
+
+pub use self::memory::MemoryGate;
+pub use self::redis::RedisGate;
+
+use async_trait::async_trait;
+
+use crate::sale::{HoldId, SaleDefinition, SaleId};
+
+/// Units set aside for one checkout until its order is written or it fails.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Hold {
+    pub hold_id: HoldId,
+    pub user_id: String,
+    pub quantity: u32,
+    /// When the hold lapses; also tells apart two holds of the same id
+    /// (an Idempotency-Key retried after its first attempt failed).
+    pub expires_ms: i64,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum HoldOutcome {
+    Held(Hold),
+    /// Not enough stock. `remaining` is what is left (maybe less than asked);
+    /// `held` is what may still come back from unfinished checkouts.
+    SoldOut { remaining: i64, held: i64 },
+    LimitReached,
+    Upcoming,
+    Ended,
+    /// The gate does not know this sale (new, or Redis lost it): rebuild it
+    /// from the ledger and try again.
+    Missing,
+    /// A hold with this id exists already: an Idempotency-Key replay.
+    Exists(HoldState),
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum HoldState {
+    Held(Hold),
+    Settled { user_id: String, quantity: u32 },
+}
+
+/// The gate's counters for one sale; `remaining + held + confirmed = total`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct GateSnapshot {
+    pub total: i64,
+    pub remaining: i64,
+    pub held: i64,
+    pub confirmed: i64,
+    pub open_holds: u64,
+    pub oldest_expiry_ms: Option<i64>,
+}
+
+#[derive(Debug, Clone, thiserror::Error)]
+#[error("stock gate unavailable: {0}")]
+pub struct GateError(pub String);
+
+#[async_trait]
+pub trait StockGate: Send + Sync + 'static {
+    /// Loads a sale the gate does not have, counting `confirmed` orders as
+    /// sold. Returns `false` (and changes nothing) if the gate has it already.
+    async fn load(&self, sale: &SaleDefinition, confirmed: &[Hold]) -> Result<bool, GateError>;
+
+    /// The atomic check-and-take at the heart of checkout.
+    async fn try_hold(
+        &self,
+        sale: &SaleId,
+        hold_id: &HoldId,
+        user_id: &str,
+        quantity: u32,
+        now_ms: i64,
+        ttl_ms: i64,
+    ) -> Result<HoldOutcome, GateError>;
+
+    /// Marks orders confirmed. Idempotent; a hold the gate lost (Redis
+    /// restarted) is adopted, i.e. counted as sold now. Returns how many
+    /// were adopted, or `None` if the gate does not know the sale.
+    async fn settle(&self, sale: &SaleId, orders: &[Hold]) -> Result<Option<u64>, GateError>;
+
+    /// Gives a failed checkout's units back. `false` if that exact hold is
+    /// no longer held (already settled, released or replaced).
+    async fn release(&self, sale: &SaleId, hold: &Hold) -> Result<bool, GateError>;
+
+    async fn lookup(&self, sale: &SaleId, hold_id: &HoldId) -> Result<Option<HoldState>, GateError>;
+
+    /// Holds whose time is up, oldest first, at most `max` of them.
+    async fn expired(&self, sale: &SaleId, now_ms: i64, max: usize) -> Result<Vec<Hold>, GateError>;
+
+    async fn snapshot(&self, sale: &SaleId) -> Result<Option<GateSnapshot>, GateError>;
+
+    /// Drops everything the gate knows about a sale (a stale leftover of a
+    /// sale the ledger does not have, or a test simulating a lost Redis).
+    async fn forget(&self, sale: &SaleId) -> Result<(), GateError>;
+
+    async fn ready(&self) -> Result<(), String>;
+}
+
+/// Parses a hold record `state|qty|expires|user`, the format `gate.lua` writes.
+pub(crate) fn parse_record(hold_id: &HoldId, rec: &str) -> Option<HoldState> {
+    let mut parts = rec.splitn(4, '|');
+    let state = parts.next()?;
+    let quantity: u32 = parts.next()?.parse().ok()?;
+    let expires_ms: i64 = parts.next()?.parse().ok()?;
+    let user_id = parts.next()?.to_owned();
+    match state {
+        "h" => Some(HoldState::Held(Hold {
+            hold_id: hold_id.clone(),
+            user_id,
+            quantity,
+            expires_ms,
+        })),
+        "s" => Some(HoldState::Settled { user_id, quantity }),
+        _ => None,
+    }
+}

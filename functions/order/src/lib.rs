@@ -1,0 +1,127 @@
+//! The order function: `POST /orders` (checkout), `GET /orders/{id}`,
+//! `GET /orders?sale_id=…`. Access tokens are verified locally with the
+//! auth function's public key: the checkout path never calls auth.
+
+use std::sync::Arc;
+
+use axum::extract::{FromRef, Path, Query, State};
+use axum::http::{header, HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use serde::Deserialize;
+
+use common::http::ApiJson;
+use common::token::{AuthUser, TokenVerifier};
+use common::{ApiError, ApiResult};
+use inventory::sale::{OrderView, SaleId};
+use inventory::{Checkout, CheckoutRequest, Inventory, InventoryError};
+
+#[derive(Clone)]
+pub struct OrderState {
+    pub inventory: Inventory,
+    pub verifier: Arc<TokenVerifier>,
+}
+
+impl FromRef<OrderState> for Arc<TokenVerifier> {
+    fn from_ref(state: &OrderState) -> Self {
+        state.verifier.clone()
+    }
+}
+
+pub fn app(state: OrderState, http: &common::http::HttpOptions) -> Router {
+    let routes = Router::new()
+        .route("/orders", post(checkout).get(list_orders))
+        .route("/orders/{order_id}", get(get_order))
+        .route("/healthz", get(healthz))
+        .with_state(state);
+    common::http::with_common_layers(routes, http)
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct CheckoutBody {
+    sale_id: String,
+    quantity: Option<i64>,
+}
+
+/// `Idempotency-Key`: 1–64 visible ASCII characters, if present.
+fn idempotency_key(headers: &HeaderMap) -> ApiResult<Option<String>> {
+    let Some(raw) = headers.get("idempotency-key") else {
+        return Ok(None);
+    };
+    let key = raw
+        .to_str()
+        .ok()
+        .filter(|k| (1..=64).contains(&k.len()) && k.bytes().all(|b| b.is_ascii_graphic()))
+        .ok_or_else(|| ApiError::invalid("Idempotency-Key must be 1-64 visible ASCII characters"))?;
+    Ok(Some(key.to_owned()))
+}
+
+async fn checkout(
+    State(state): State<OrderState>,
+    user: AuthUser,
+    headers: HeaderMap,
+    body: Result<ApiJson<CheckoutBody>, ApiError>,
+) -> ApiResult<Response> {
+    let ApiJson(body) = body?;
+    let idempotency_key = idempotency_key(&headers)?;
+    let quantity = body.quantity.unwrap_or(1);
+    let quantity = u32::try_from(quantity)
+        .ok()
+        .filter(|q| *q >= 1)
+        .ok_or_else(|| ApiError::invalid("quantity must be a positive whole number"))?;
+    let sale_id = SaleId::parse(&body.sale_id).map_err(|_| ApiError::SaleNotFound)?;
+    let request = CheckoutRequest {
+        sale_id,
+        quantity,
+        idempotency_key,
+    };
+    let (status, order) = match state.inventory.checkout(&user.user_id, request).await? {
+        Checkout::Created(order) => (StatusCode::CREATED, order),
+        Checkout::Replayed(order) => (StatusCode::OK, order),
+    };
+    let view = OrderView::from(&order);
+    let location = format!("/orders/{}", view.order_id);
+    Ok((status, [(header::LOCATION, location)], Json(view)).into_response())
+}
+
+async fn get_order(State(state): State<OrderState>, user: AuthUser, Path(order_id): Path<String>) -> ApiResult<Response> {
+    let order = state.inventory.order(&user.user_id, &order_id).await?;
+    Ok(Json(OrderView::from(&order)).into_response())
+}
+
+#[derive(Deserialize)]
+struct ListParams {
+    sale_id: Option<String>,
+}
+
+async fn list_orders(
+    State(state): State<OrderState>,
+    user: AuthUser,
+    params: Result<Query<ListParams>, axum::extract::rejection::QueryRejection>,
+) -> ApiResult<Response> {
+    let Query(params) = params.map_err(|e| ApiError::invalid(e.body_text()))?;
+    let sale_id = params
+        .sale_id
+        .as_deref()
+        .map(SaleId::parse)
+        .transpose()
+        .map_err(ApiError::invalid)?;
+    let orders = state
+        .inventory
+        .user_orders(&user.user_id, sale_id.as_ref())
+        .await
+        .map_err(ApiError::from)?;
+    let views: Vec<OrderView> = orders.iter().map(OrderView::from).collect();
+    Ok(Json(serde_json::json!({ "orders": views })).into_response())
+}
+
+async fn healthz(State(state): State<OrderState>) -> Response {
+    common::http::health_response(state.inventory.ready().await)
+}
+
+/// Convenience for callers mapping inventory errors themselves.
+pub fn api_error(e: InventoryError) -> ApiError {
+    e.into()
+}

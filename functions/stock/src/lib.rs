@@ -1,0 +1,128 @@
+//! The stock function: `POST /stock/sales` (admin), `GET /stock/sales/{id}`,
+//! and the admin extensions `…/breakdown`, `…/reconcile`, `…/orders`.
+//! The stock itself is kept by the `inventory` crate.
+
+use axum::extract::{Path, State};
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use serde::Deserialize;
+
+use common::config::Secret;
+use common::http::ApiJson;
+use common::{ApiError, ApiResult};
+use inventory::sale::{OrderView, SaleDefinition, SaleId};
+use inventory::{Inventory, InventoryError};
+
+#[derive(Clone)]
+pub struct StockState {
+    pub inventory: Inventory,
+    /// `ADMIN_TOKEN`; when unset, admin calls are refused.
+    pub admin_token: Option<Secret>,
+}
+
+pub fn app(state: StockState, http: &common::http::HttpOptions) -> Router {
+    let routes = Router::new()
+        .route("/stock/sales", post(create_sale))
+        .route("/stock/sales/{sale_id}", get(view_sale))
+        .route("/stock/sales/{sale_id}/breakdown", get(breakdown))
+        .route("/stock/sales/{sale_id}/reconcile", post(reconcile))
+        .route("/stock/sales/{sale_id}/orders", get(sale_orders))
+        .route("/healthz", get(healthz))
+        .with_state(state);
+    common::http::with_common_layers(routes, http)
+}
+
+/// Proof that the caller presented the admin token.
+struct Admin;
+
+fn require_admin(state: &StockState, headers: &HeaderMap) -> ApiResult<Admin> {
+    let presented = common::http::bearer_token(headers);
+    if common::token::admin_token_matches(presented, state.admin_token.as_ref()) {
+        Ok(Admin)
+    } else {
+        Err(ApiError::Unauthorized)
+    }
+}
+
+/// A path id that cannot be a sale is simply a sale that does not exist.
+fn sale_id(raw: &str) -> ApiResult<SaleId> {
+    SaleId::parse(raw).map_err(|_| ApiError::SaleNotFound)
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct NewSale {
+    sale_id: String,
+    name: String,
+    stock: i64,
+    per_user_limit: Option<i64>,
+    starts_at: Option<String>,
+    ends_at: Option<String>,
+}
+
+async fn create_sale(
+    State(state): State<StockState>,
+    headers: HeaderMap,
+    body: Result<ApiJson<NewSale>, ApiError>,
+) -> ApiResult<Response> {
+    // Authorisation comes before looking at the body.
+    require_admin(&state, &headers)?;
+    let ApiJson(body) = body?;
+    let sale = SaleDefinition::new(
+        &body.sale_id,
+        &body.name,
+        body.stock,
+        body.per_user_limit,
+        body.starts_at.as_deref(),
+        body.ends_at.as_deref(),
+        chrono::Utc::now(),
+    )
+    .map_err(ApiError::invalid)?;
+    let view = state.inventory.create_sale(sale).await?;
+    tracing::info!(sale_id = view.sale_id, stock = view.stock_total, "sale created");
+    Ok((StatusCode::CREATED, Json(view)).into_response())
+}
+
+async fn view_sale(State(state): State<StockState>, Path(raw): Path<String>) -> ApiResult<Response> {
+    let view = state.inventory.view(&sale_id(&raw)?).await?;
+    Ok(Json(view).into_response())
+}
+
+async fn breakdown(State(state): State<StockState>, headers: HeaderMap, Path(raw): Path<String>) -> ApiResult<Response> {
+    require_admin(&state, &headers)?;
+    Ok(Json(state.inventory.breakdown(&sale_id(&raw)?).await?).into_response())
+}
+
+async fn reconcile(State(state): State<StockState>, headers: HeaderMap, Path(raw): Path<String>) -> ApiResult<Response> {
+    require_admin(&state, &headers)?;
+    Ok(Json(state.inventory.reconcile(&sale_id(&raw)?).await?).into_response())
+}
+
+async fn sale_orders(State(state): State<StockState>, headers: HeaderMap, Path(raw): Path<String>) -> ApiResult<Response> {
+    require_admin(&state, &headers)?;
+    let orders = state.inventory.sale_orders(&sale_id(&raw)?).await?;
+    let views: Vec<OrderView> = orders.iter().map(OrderView::from).collect();
+    // Idempotency keys are included for audits; only the admin sees them.
+    let keys: Vec<Option<&str>> = orders.iter().map(|o| o.idempotency_key.as_deref()).collect();
+    let body: Vec<serde_json::Value> = views
+        .into_iter()
+        .zip(keys)
+        .map(|(v, k)| {
+            let mut j = serde_json::to_value(v).unwrap_or_default();
+            j["idempotency_key"] = k.map_or(serde_json::Value::Null, |k| k.into());
+            j
+        })
+        .collect();
+    Ok(Json(serde_json::json!({ "orders": body })).into_response())
+}
+
+async fn healthz(State(state): State<StockState>) -> Response {
+    common::http::health_response(state.inventory.ready().await)
+}
+
+/// Convenience for callers mapping inventory errors themselves.
+pub fn api_error(e: InventoryError) -> ApiError {
+    e.into()
+}

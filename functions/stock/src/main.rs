@@ -1,0 +1,68 @@
+//! `stock`: serve the stock function, or run one of its admin chores.
+
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(
+    name = "stock",
+    version,
+    about = "The flash-sale stock function: sales and live stock.",
+    long_about = "The flash-sale stock function: create sales (admin), show live stock, and the admin \
+        breakdown/reconcile calls.\n\nWith no subcommand it serves HTTP on $PORT (default 8080), or runs \
+        as an AWS Lambda function when AWS_LAMBDA_RUNTIME_API is set. Configuration comes from the \
+        environment: ADMIN_TOKEN, STORE (aws|memory), REDIS_URL, DYNAMODB_ENDPOINT, LEDGER_TABLE, \
+        HOLD_TTL_SECONDS, LOG_LEVEL. See README.md."
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Option<Command>,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Serve HTTP (the default).
+    Serve,
+    /// Create the ledger table in DynamoDB if it does not exist, then exit.
+    Migrate,
+    /// Bring a sale's Redis state in line with DynamoDB and print the breakdown.
+    Reconcile {
+        /// The sale to reconcile.
+        sale_id: String,
+    },
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    let settings = common::config::Settings::from_env()?;
+    match cli.command.unwrap_or(Command::Serve) {
+        Command::Migrate => {
+            let client = common::backends::dynamodb(&settings).await;
+            let ledger = inventory::ledger::DynamoLedger::new(client, &settings.ledger_table);
+            let created = ledger.migrate().await?;
+            println!(
+                "ledger table {}: {}",
+                settings.ledger_table,
+                if created { "created" } else { "already exists" }
+            );
+            Ok(())
+        }
+        Command::Reconcile { sale_id } => {
+            let sale_id = inventory::sale::SaleId::parse(&sale_id).map_err(anyhow::Error::msg)?;
+            let inv = inventory::from_settings(&settings, inventory::InventoryConfig::from_env()?).await?;
+            let breakdown = inv.reconcile(&sale_id).await.map_err(|e| anyhow::anyhow!("{e}"))?;
+            println!("{}", serde_json::to_string_pretty(&breakdown)?);
+            Ok(())
+        }
+        Command::Serve => {
+            common::telemetry::init("stock");
+            let http = common::http::HttpOptions::from_env(4096)?;
+            let admin_token = common::config::var("ADMIN_TOKEN").map(common::config::Secret::new);
+            if admin_token.is_none() {
+                tracing::warn!("ADMIN_TOKEN is not set: admin calls will be refused");
+            }
+            let inventory = inventory::from_settings(&settings, inventory::InventoryConfig::from_env()?).await?;
+            common::serve(stock::app(stock::StockState { inventory, admin_token }, &http)).await
+        }
+    }
+}
