@@ -128,7 +128,8 @@ impl StockGate for RedisGate {
     async fn settle(&self, sale: &SaleId, orders: &[Hold]) -> Result<Option<u64>, GateError> {
         let mut adopted_total = 0;
         // Chunked so one call never carries an unbounded argument list.
-        for chunk in orders.chunks(1000) {
+        let chunks: Vec<&[Hold]> = if orders.is_empty() { vec![&[]] } else { orders.chunks(1000).collect() };
+        for chunk in chunks {
             let mut args = vec!["settle".to_owned()];
             push_orders(&mut args, chunk);
             let adopted: i64 = self.call(sale, args).await?;

