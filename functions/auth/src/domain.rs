@@ -71,8 +71,20 @@ mod tests {
     fn usernames_are_lowercased_and_checked() {
         assert_eq!(Username::parse("Alice_01").unwrap().as_str(), "alice_01");
         assert_eq!(Username::parse("a.b-c").unwrap().as_str(), "a.b-c");
-        for bad in ["ab", "", "has space", "émile", "ünïcode", "semi;colon", &"x".repeat(33)] {
-            assert_eq!(Username::parse(bad), Err(DomainError::BadUsername), "{bad:?}");
+        for bad in [
+            "ab",
+            "",
+            "has space",
+            "émile",
+            "ünïcode",
+            "semi;colon",
+            &"x".repeat(33),
+        ] {
+            assert_eq!(
+                Username::parse(bad),
+                Err(DomainError::BadUsername),
+                "{bad:?}"
+            );
         }
         assert!(Username::parse(&"x".repeat(32)).is_ok());
     }
@@ -86,7 +98,10 @@ mod tests {
         // 12 characters, 36 bytes.
         assert!(Password::parse(&"密".repeat(12)).is_ok());
         assert!(Password::parse(&"密".repeat(11)).is_err());
-        assert_eq!(format!("{:?}", Password::parse(&"p".repeat(12)).unwrap()), "Password([redacted])");
+        assert_eq!(
+            format!("{:?}", Password::parse(&"p".repeat(12)).unwrap()),
+            "Password([redacted])"
+        );
     }
 
     proptest! {

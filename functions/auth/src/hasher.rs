@@ -11,7 +11,9 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::mpsc::{sync_channel, Receiver, SyncSender, TrySendError};
 use std::sync::{Arc, Mutex, OnceLock};
 
-use argon2::password_hash::{rand_core::OsRng, PasswordHash, PasswordHasher, PasswordVerifier, SaltString};
+use argon2::password_hash::{
+    rand_core::OsRng, PasswordHash, PasswordHasher, PasswordVerifier, SaltString,
+};
 use argon2::{Algorithm, Argon2, Params, Version};
 use tokio::sync::oneshot;
 
@@ -95,12 +97,17 @@ impl HasherPool {
 
     pub async fn hash(&self, password: Password) -> Result<String, Overloaded> {
         let inner = self.inner.clone();
-        self.run(move || hash_with(&inner.cost, password.expose())).await
+        self.run(move || hash_with(&inner.cost, password.expose()))
+            .await
     }
 
     /// Checks `password` against `stored`, or against the dummy hash when
     /// there is no such user, so both cost one full verification.
-    pub async fn verify(&self, password: String, stored: Option<String>) -> Result<bool, Overloaded> {
+    pub async fn verify(
+        &self,
+        password: String,
+        stored: Option<String>,
+    ) -> Result<bool, Overloaded> {
         let inner = self.inner.clone();
         self.run(move || {
             let is_real = stored.is_some();
@@ -111,14 +118,23 @@ impl HasherPool {
                     .clone()
             });
             let ok = PasswordHash::new(&phc)
-                .map(|parsed| inner.cost.argon2().verify_password(password.as_bytes(), &parsed).is_ok())
+                .map(|parsed| {
+                    inner
+                        .cost
+                        .argon2()
+                        .verify_password(password.as_bytes(), &parsed)
+                        .is_ok()
+                })
                 .unwrap_or(false);
             ok && is_real
         })
         .await
     }
 
-    async fn run<T: Send + 'static>(&self, work: impl FnOnce() -> T + Send + 'static) -> Result<T, Overloaded> {
+    async fn run<T: Send + 'static>(
+        &self,
+        work: impl FnOnce() -> T + Send + 'static,
+    ) -> Result<T, Overloaded> {
         let (tx, rx) = oneshot::channel();
         let inner = self.inner.clone();
         let job: Job = Box::new(move || {
@@ -176,8 +192,14 @@ mod tests {
         let pool = HasherPool::new(1, 4, HashCost::default());
         let phc = pool.hash(pw("correct horse battery")).await.unwrap();
         assert!(phc.starts_with("$argon2id$v=19$m=19456,t=2,p=1$"), "{phc}");
-        assert!(pool.verify("correct horse battery".into(), Some(phc.clone())).await.unwrap());
-        assert!(!pool.verify("wrong horse battery".into(), Some(phc)).await.unwrap());
+        assert!(pool
+            .verify("correct horse battery".into(), Some(phc.clone()))
+            .await
+            .unwrap());
+        assert!(!pool
+            .verify("wrong horse battery".into(), Some(phc))
+            .await
+            .unwrap());
         assert!(!pool.verify("whatever password".into(), None).await.unwrap());
     }
 
@@ -199,7 +221,10 @@ mod tests {
         let started = Instant::now();
         let shed = pool.hash(pw("third password!")).await;
         assert_eq!(shed, Err(Overloaded));
-        assert!(started.elapsed() < Duration::from_millis(5), "shedding must not queue");
+        assert!(
+            started.elapsed() < Duration::from_millis(5),
+            "shedding must not queue"
+        );
         assert!(a.await.unwrap().is_ok());
         assert!(b.await.unwrap().is_ok());
         assert_eq!(pool.depth(), 0);

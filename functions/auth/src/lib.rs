@@ -41,12 +41,14 @@ impl AuthConfig {
         let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
         let defaults = HashCost::default();
         Ok(Self {
-            signing_key: var("TOKEN_SIGNING_KEY").map(common::config::Secret::new).ok_or_else(|| {
-                ConfigError::new(
-                    "TOKEN_SIGNING_KEY",
-                    "required: generate a key pair with `auth keygen`",
-                )
-            })?,
+            signing_key: var("TOKEN_SIGNING_KEY")
+                .map(common::config::Secret::new)
+                .ok_or_else(|| {
+                    ConfigError::new(
+                        "TOKEN_SIGNING_KEY",
+                        "required: generate a key pair with `auth keygen`",
+                    )
+                })?,
             token_ttl_secs: parsed_or("TOKEN_TTL_SECONDS", 900)?,
             hash_workers: parsed_or("HASH_WORKERS", cores)?,
             hash_queue: parsed_or("HASH_QUEUE", 4 * cores)?,
@@ -85,8 +87,14 @@ impl AuthState {
         )?;
         let (users, throttle): (Arc<dyn UserStore>, Arc<dyn LoginThrottle>) = match s.store {
             StoreMode::Aws => (
-                Arc::new(DynamoUserStore::new(common::backends::dynamodb(s).await, &s.users_table)),
-                Arc::new(RedisThrottle::new(common::backends::redis(s)?, config.throttle)),
+                Arc::new(DynamoUserStore::new(
+                    common::backends::dynamodb(s).await,
+                    &s.users_table,
+                )),
+                Arc::new(RedisThrottle::new(
+                    common::backends::redis(s)?,
+                    config.throttle,
+                )),
             ),
             StoreMode::Memory => (
                 Arc::new(MemoryUserStore::default()),

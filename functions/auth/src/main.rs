@@ -43,7 +43,8 @@ async fn main() -> anyhow::Result<()> {
         }
         Command::PublicKey => {
             let config = auth::AuthConfig::from_env()?;
-            let signer = common::token::TokenSigner::from_seed(config.signing_key.expose(), "", "", 0)?;
+            let signer =
+                common::token::TokenSigner::from_seed(config.signing_key.expose(), "", "", 0)?;
             println!("TOKEN_PUBLIC_KEY={}", signer.public_key_b64());
             Ok(())
         }

@@ -56,15 +56,26 @@ fn store_error(e: StoreError) -> ApiError {
 }
 
 fn shed(_: Overloaded) -> ApiError {
-    ApiError::Overloaded { retry_after_secs: 1 }
+    ApiError::Overloaded {
+        retry_after_secs: 1,
+    }
 }
 
-async fn register(State(state): State<AuthState>, ApiJson(body): ApiJson<Credentials>) -> ApiResult<Response> {
+async fn register(
+    State(state): State<AuthState>,
+    ApiJson(body): ApiJson<Credentials>,
+) -> ApiResult<Response> {
     let username = Username::parse(&body.username).map_err(|e| ApiError::invalid(e.to_string()))?;
     let password = Password::parse(&body.password).map_err(|e| ApiError::invalid(e.to_string()))?;
     // Cheap early answer for a taken name, before paying for a hash; the
     // conditional write below is what actually guarantees uniqueness.
-    if state.users.find(&username).await.map_err(store_error)?.is_some() {
+    if state
+        .users
+        .find(&username)
+        .await
+        .map_err(store_error)?
+        .is_some()
+    {
         return Err(ApiError::UsernameTaken);
     }
     let password_hash = state.hasher.hash(password).await.map_err(shed)?;
@@ -83,7 +94,10 @@ async fn register(State(state): State<AuthState>, ApiJson(body): ApiJson<Credent
     Ok((StatusCode::CREATED, Json(body)).into_response())
 }
 
-async fn login(State(state): State<AuthState>, ApiJson(body): ApiJson<Credentials>) -> ApiResult<Json<LoggedIn>> {
+async fn login(
+    State(state): State<AuthState>,
+    ApiJson(body): ApiJson<Credentials>,
+) -> ApiResult<Json<LoggedIn>> {
     // A username that cannot exist is just another unknown user: same
     // answer, same work, so nothing distinguishes it from the outside.
     let key = body.username.to_lowercase();

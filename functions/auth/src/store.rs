@@ -10,7 +10,8 @@ use std::sync::Mutex;
 use async_trait::async_trait;
 use aws_sdk_dynamodb::error::{DisplayErrorContext, SdkError};
 use aws_sdk_dynamodb::types::{
-    AttributeDefinition, AttributeValue, BillingMode, KeySchemaElement, KeyType, ScalarAttributeType,
+    AttributeDefinition, AttributeValue, BillingMode, KeySchemaElement, KeyType,
+    ScalarAttributeType,
 };
 use aws_sdk_dynamodb::Client;
 
@@ -58,7 +59,10 @@ impl DynamoUserStore {
 
     /// Creates the users table (partition key `username`) if it is absent.
     pub async fn migrate(&self) -> anyhow::Result<bool> {
-        if common::backends::dynamodb_table_ready(&self.client, &self.table).await.is_ok() {
+        if common::backends::dynamodb_table_ready(&self.client, &self.table)
+            .await
+            .is_ok()
+        {
             return Ok(false);
         }
         let result = self
@@ -82,8 +86,17 @@ impl DynamoUserStore {
             .await;
         match result {
             Ok(_) => Ok(true),
-            Err(e) if e.as_service_error().is_some_and(|s| s.is_resource_in_use_exception()) => Ok(false),
-            Err(e) => Err(anyhow::anyhow!("create table {}: {}", self.table, DisplayErrorContext(e))),
+            Err(e)
+                if e.as_service_error()
+                    .is_some_and(|s| s.is_resource_in_use_exception()) =>
+            {
+                Ok(false)
+            }
+            Err(e) => Err(anyhow::anyhow!(
+                "create table {}: {}",
+                self.table,
+                DisplayErrorContext(e)
+            )),
         }
     }
 }
@@ -105,16 +118,25 @@ impl UserStore for DynamoUserStore {
             .client
             .put_item()
             .table_name(&self.table)
-            .item("username", AttributeValue::S(user.username.as_str().to_owned()))
+            .item(
+                "username",
+                AttributeValue::S(user.username.as_str().to_owned()),
+            )
             .item("user_id", AttributeValue::S(user.user_id.clone()))
-            .item("password_hash", AttributeValue::S(user.password_hash.clone()))
+            .item(
+                "password_hash",
+                AttributeValue::S(user.password_hash.clone()),
+            )
             .item("created_at", AttributeValue::S(user.created_at.clone()))
             .condition_expression("attribute_not_exists(username)")
             .send()
             .await;
         match result {
             Ok(_) => Ok(()),
-            Err(e) if e.as_service_error().is_some_and(|s| s.is_conditional_check_failed_exception()) => {
+            Err(e)
+                if e.as_service_error()
+                    .is_some_and(|s| s.is_conditional_check_failed_exception()) =>
+            {
                 Err(StoreError::Taken)
             }
             Err(e) => Err(unavailable(e)),
@@ -131,8 +153,13 @@ impl UserStore for DynamoUserStore {
             .send()
             .await
             .map_err(unavailable)?;
-        let Some(item) = out.item else { return Ok(None) };
-        match (string_attr(&item, "user_id"), string_attr(&item, "password_hash")) {
+        let Some(item) = out.item else {
+            return Ok(None);
+        };
+        match (
+            string_attr(&item, "user_id"),
+            string_attr(&item, "password_hash"),
+        ) {
             (Some(user_id), Some(password_hash)) => Ok(Some(UserRecord {
                 user_id,
                 username: username.clone(),

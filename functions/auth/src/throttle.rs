@@ -53,7 +53,11 @@ impl RedisThrottle {
               if n == 1 then redis.call('PEXPIRE', KEYS[1], ARGV[1]) end
               return n",
         );
-        Self { conn, policy, record }
+        Self {
+            conn,
+            policy,
+            record,
+        }
     }
 
     fn key(username: &str) -> String {
@@ -140,7 +144,9 @@ impl LoginThrottle for MemoryThrottle {
 
     async fn record_failure(&self, username: &str) -> Result<(), String> {
         let mut map = self.failures();
-        let entry = map.entry(username.to_owned()).or_insert((0, Instant::now()));
+        let entry = map
+            .entry(username.to_owned())
+            .or_insert((0, Instant::now()));
         if entry.1.elapsed() >= self.policy.window {
             *entry = (0, Instant::now());
         }

@@ -29,7 +29,11 @@ pub async fn dynamodb(settings: &Settings) -> aws_sdk_dynamodb::Client {
         // DynamoDB Local accepts any credentials; don't make developers set them.
         if crate::config::var("AWS_ACCESS_KEY_ID").is_none() {
             loader = loader.credentials_provider(Credentials::new(
-                "local", "local", None, None, "flashsale-local",
+                "local",
+                "local",
+                None,
+                None,
+                "flashsale-local",
             ));
         }
     }
@@ -69,5 +73,10 @@ pub async fn dynamodb_table_ready(
         .send()
         .await
         .map(|_| ())
-        .map_err(|e| format!("dynamodb table {table}: {}", aws_sdk_dynamodb::error::DisplayErrorContext(e)))
+        .map_err(|e| {
+            format!(
+                "dynamodb table {table}: {}",
+                aws_sdk_dynamodb::error::DisplayErrorContext(e)
+            )
+        })
 }

@@ -69,7 +69,9 @@ impl ApiError {
 
     /// A backend that did not answer in time, or at all.
     pub fn overloaded() -> Self {
-        Self::Overloaded { retry_after_secs: 1 }
+        Self::Overloaded {
+            retry_after_secs: 1,
+        }
     }
 
     /// Status and the contract's snake_case error code.
@@ -148,14 +150,21 @@ mod tests {
         assert_eq!(response.status(), StatusCode::CONFLICT);
         let body = body_of(response).await;
         assert_eq!(body["error"]["code"], "sold_out");
-        assert!(body["error"]["message"].as_str().unwrap().contains("sold out"));
+        assert!(body["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("sold out"));
     }
 
     #[tokio::test]
     async fn throttling_and_overload_carry_retry_after() {
         for err in [
-            ApiError::TooManyAttempts { retry_after_secs: 30 },
-            ApiError::Overloaded { retry_after_secs: 0 },
+            ApiError::TooManyAttempts {
+                retry_after_secs: 30,
+            },
+            ApiError::Overloaded {
+                retry_after_secs: 0,
+            },
         ] {
             let response = err.into_response();
             let retry = response.headers().get(header::RETRY_AFTER).unwrap();

@@ -19,7 +19,9 @@ use axum::Router;
 use serde::de::DeserializeOwned;
 use tokio::sync::Semaphore;
 use tower_http::catch_panic::CatchPanicLayer;
-use tower_http::request_id::{MakeRequestId, PropagateRequestIdLayer, RequestId, SetRequestIdLayer};
+use tower_http::request_id::{
+    MakeRequestId, PropagateRequestIdLayer, RequestId, SetRequestIdLayer,
+};
 
 use crate::error::{error_response, ApiError};
 use crate::metrics;
@@ -45,7 +47,9 @@ where
         match axum::Json::<T>::from_request(req, state).await {
             Ok(axum::Json(value)) => Ok(ApiJson(value)),
             Err(JsonRejection::MissingJsonContentType(_)) => Err(ApiError::UnsupportedMediaType),
-            Err(JsonRejection::BytesRejection(r)) if r.status() == StatusCode::PAYLOAD_TOO_LARGE => {
+            Err(JsonRejection::BytesRejection(r))
+                if r.status() == StatusCode::PAYLOAD_TOO_LARGE =>
+            {
                 Err(ApiError::PayloadTooLarge)
             }
             Err(JsonRejection::JsonDataError(e)) => Err(ApiError::invalid(e.body_text())),
@@ -95,7 +99,11 @@ pub fn with_common_layers(router: Router, options: &HttpOptions) -> Router {
         }))
         .layer(CatchPanicLayer::custom(|_panic| {
             tracing::error!("handler panicked");
-            error_response(StatusCode::INTERNAL_SERVER_ERROR, "internal", "internal error")
+            error_response(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "internal",
+                "internal error",
+            )
         }))
         .layer(middleware::from_fn(access_log))
         .layer(PropagateRequestIdLayer::new(REQUEST_ID.clone()))
@@ -121,7 +129,10 @@ async fn shed_and_limit(permits: Arc<Semaphore>, req: Request, next: Next) -> Re
         Ok(_permit) => next.run(req).await,
         Err(_) => {
             metrics::counter("http_shed_total").inc();
-            ApiError::Overloaded { retry_after_secs: 1 }.into_response()
+            ApiError::Overloaded {
+                retry_after_secs: 1,
+            }
+            .into_response()
         }
     }
 }
@@ -160,7 +171,11 @@ async fn access_log(req: Request, next: Next) -> Response {
 /// `GET /healthz`: `200 {"status":"ok"}` when the backends answer, else `503`.
 pub fn health_response(readiness: Result<(), String>) -> Response {
     match readiness {
-        Ok(()) => (StatusCode::OK, axum::Json(serde_json::json!({"status": "ok"}))).into_response(),
+        Ok(()) => (
+            StatusCode::OK,
+            axum::Json(serde_json::json!({"status": "ok"})),
+        )
+            .into_response(),
         Err(problem) => {
             tracing::warn!(problem, "not ready");
             let mut response = error_response(
@@ -203,7 +218,10 @@ mod tests {
 
     fn app(max_in_flight: usize) -> Router {
         let routes = Router::new()
-            .route("/echo", post(|ApiJson(i): ApiJson<Input>| async move { i.name }))
+            .route(
+                "/echo",
+                post(|ApiJson(i): ApiJson<Input>| async move { i.name }),
+            )
             .route(
                 "/slow",
                 get(|| async {
@@ -223,7 +241,10 @@ mod tests {
         with_common_layers(routes, &HttpOptions { max_in_flight })
     }
 
-    async fn call(app: Router, req: http::Request<Body>) -> (StatusCode, http::HeaderMap, serde_json::Value) {
+    async fn call(
+        app: Router,
+        req: http::Request<Body>,
+    ) -> (StatusCode, http::HeaderMap, serde_json::Value) {
         let response = app.oneshot(req).await.unwrap();
         let status = response.status();
         let headers = response.headers().clone();
@@ -241,7 +262,12 @@ mod tests {
 
     #[tokio::test]
     async fn bad_json_is_a_contract_400() {
-        for body in [r#"{"name":"a","extra":1}"#, r#"{"name":5}"#, r#"{}"#, "{nope"] {
+        for body in [
+            r#"{"name":"a","extra":1}"#,
+            r#"{"name":5}"#,
+            r#"{}"#,
+            "{nope",
+        ] {
             let (status, _, json) = call(app(8), post_json(body)).await;
             assert_eq!(status, StatusCode::BAD_REQUEST, "{body}");
             assert_eq!(json["error"]["code"], "invalid_request", "{body}");
@@ -314,10 +340,16 @@ mod tests {
         assert_eq!(json["error"]["code"], "internal");
 
         let app = app(1);
-        let slow = tokio::spawn(call(app.clone(), http::Request::get("/slow").body(Body::empty()).unwrap()));
+        let slow = tokio::spawn(call(
+            app.clone(),
+            http::Request::get("/slow").body(Body::empty()).unwrap(),
+        ));
         tokio::time::sleep(std::time::Duration::from_millis(50)).await;
-        let (status, headers, json) =
-            call(app.clone(), http::Request::get("/slow").body(Body::empty()).unwrap()).await;
+        let (status, headers, json) = call(
+            app.clone(),
+            http::Request::get("/slow").body(Body::empty()).unwrap(),
+        )
+        .await;
         assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE);
         assert_eq!(json["error"]["code"], "overloaded");
         assert_eq!(headers["retry-after"], "1");
@@ -328,9 +360,15 @@ mod tests {
     fn bearer_tokens_are_parsed_strictly() {
         let mut h = http::HeaderMap::new();
         assert_eq!(bearer_token(&h), None);
-        h.insert(header::AUTHORIZATION, HeaderValue::from_static("Bearer abc"));
+        h.insert(
+            header::AUTHORIZATION,
+            HeaderValue::from_static("Bearer abc"),
+        );
         assert_eq!(bearer_token(&h), Some("abc"));
-        h.insert(header::AUTHORIZATION, HeaderValue::from_static("bearer  abc "));
+        h.insert(
+            header::AUTHORIZATION,
+            HeaderValue::from_static("bearer  abc "),
+        );
         assert_eq!(bearer_token(&h), Some("abc"));
         h.insert(header::AUTHORIZATION, HeaderValue::from_static("Basic abc"));
         assert_eq!(bearer_token(&h), None);

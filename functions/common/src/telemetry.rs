@@ -9,10 +9,9 @@ use tracing_subscriber::EnvFilter;
 /// directive (default `info`); `LOG_FORMAT=text` gives human-readable lines.
 /// Safe to call more than once (later calls are no-ops), which tests rely on.
 pub fn init(function: &'static str) {
-    let filter = EnvFilter::try_new(
-        crate::config::var("LOG_LEVEL").unwrap_or_else(|| "info".to_owned()),
-    )
-    .unwrap_or_else(|_| EnvFilter::new("info"));
+    let filter =
+        EnvFilter::try_new(crate::config::var("LOG_LEVEL").unwrap_or_else(|| "info".to_owned()))
+            .unwrap_or_else(|_| EnvFilter::new("info"));
     let text = crate::config::var("LOG_FORMAT").is_some_and(|f| f.eq_ignore_ascii_case("text"));
     let registry = tracing_subscriber::registry().with(filter);
     let result = if text {

@@ -97,7 +97,12 @@ impl TokenSigner {
         ttl_secs: i64,
     ) -> Result<Self, ConfigError> {
         let seed = decode_key_bytes("TOKEN_SIGNING_KEY", seed_b64)?;
-        Ok(Self::new(SigningKey::from_bytes(&seed), issuer, audience, ttl_secs))
+        Ok(Self::new(
+            SigningKey::from_bytes(&seed),
+            issuer,
+            audience,
+            ttl_secs,
+        ))
     }
 
     pub fn new(key: SigningKey, issuer: &str, audience: &str, ttl_secs: i64) -> Self {
@@ -113,7 +118,12 @@ impl TokenSigner {
 
     /// A fresh random key; for tests and `keygen`.
     pub fn generate(issuer: &str, audience: &str, ttl_secs: i64) -> Self {
-        Self::new(SigningKey::generate(&mut rand::rngs::OsRng), issuer, audience, ttl_secs)
+        Self::new(
+            SigningKey::generate(&mut rand::rngs::OsRng),
+            issuer,
+            audience,
+            ttl_secs,
+        )
     }
 
     pub fn ttl_secs(&self) -> i64 {
@@ -211,8 +221,9 @@ impl TokenVerifier {
             .iter()
             .map(|raw| {
                 let bytes = decode_key_bytes("TOKEN_PUBLIC_KEY", raw)?;
-                let key = VerifyingKey::from_bytes(&bytes)
-                    .map_err(|_| ConfigError::new("TOKEN_PUBLIC_KEY", "not a valid Ed25519 point"))?;
+                let key = VerifyingKey::from_bytes(&bytes).map_err(|_| {
+                    ConfigError::new("TOKEN_PUBLIC_KEY", "not a valid Ed25519 point")
+                })?;
                 Ok((key_id(&key), key))
             })
             .collect::<Result<_, ConfigError>>()?;
@@ -228,7 +239,8 @@ impl TokenVerifier {
             return Err(TokenError::TooLarge);
         }
         let mut parts = token.split('.');
-        let (Some(h), Some(p), Some(s), None) = (parts.next(), parts.next(), parts.next(), parts.next())
+        let (Some(h), Some(p), Some(s), None) =
+            (parts.next(), parts.next(), parts.next(), parts.next())
         else {
             return Err(TokenError::Malformed);
         };
@@ -251,9 +263,10 @@ impl TokenVerifier {
             .keys
             .iter()
             .filter(|(kid, _)| header.kid.as_deref().is_none_or(|want| want == kid));
-        let verified = candidates
-            .into_iter()
-            .any(|(_, key)| key.verify_strict(signing_input.as_bytes(), &signature).is_ok());
+        let verified = candidates.into_iter().any(|(_, key)| {
+            key.verify_strict(signing_input.as_bytes(), &signature)
+                .is_ok()
+        });
         if !verified {
             return Err(TokenError::BadSignature);
         }
@@ -302,7 +315,10 @@ mod tests {
     #[test]
     fn issued_tokens_verify_and_carry_the_user() {
         let s = signer();
-        let c = s.verifier().verify(&s.issue("user-42", NOW), NOW + 10).unwrap();
+        let c = s
+            .verifier()
+            .verify(&s.issue("user-42", NOW), NOW + 10)
+            .unwrap();
         assert_eq!(c.sub, "user-42");
         assert_eq!(c.exp, NOW + 900);
     }
@@ -310,9 +326,11 @@ mod tests {
     #[test]
     fn keys_round_trip_through_their_text_form() {
         let s = signer();
-        let again = TokenSigner::from_seed(&s.seed_b64(), "flashsale-auth", "flashsale", 900).unwrap();
+        let again =
+            TokenSigner::from_seed(&s.seed_b64(), "flashsale-auth", "flashsale", 900).unwrap();
         let verifier =
-            TokenVerifier::from_public_keys(&[s.public_key_b64()], "flashsale-auth", "flashsale").unwrap();
+            TokenVerifier::from_public_keys(&[s.public_key_b64()], "flashsale-auth", "flashsale")
+                .unwrap();
         assert!(verifier.verify(&again.issue("u", NOW), NOW).is_ok());
         assert!(TokenSigner::from_seed("c2hvcnQ", "i", "a", 1).is_err());
         assert!(TokenVerifier::from_public_keys(&[], "i", "a").is_err());
@@ -323,10 +341,16 @@ mod tests {
         let s = signer();
         let v = s.verifier();
         let token = s.issue("u", NOW);
-        assert_eq!(v.verify(&token, NOW + 900 + LEEWAY_SECS), Err(TokenError::Expired));
+        assert_eq!(
+            v.verify(&token, NOW + 900 + LEEWAY_SECS),
+            Err(TokenError::Expired)
+        );
         let mut future = claims(&s);
         future.nbf = Some(NOW + 3600);
-        assert_eq!(v.verify(&s.sign_claims(&future), NOW), Err(TokenError::NotYetValid));
+        assert_eq!(
+            v.verify(&s.sign_claims(&future), NOW),
+            Err(TokenError::NotYetValid)
+        );
     }
 
     #[test]
@@ -334,10 +358,16 @@ mod tests {
         let s = signer();
         let mut c = claims(&s);
         c.aud = "someone-else".into();
-        assert_eq!(s.verifier().verify(&s.sign_claims(&c), NOW), Err(TokenError::WrongIssuerOrAudience));
+        assert_eq!(
+            s.verifier().verify(&s.sign_claims(&c), NOW),
+            Err(TokenError::WrongIssuerOrAudience)
+        );
         let mut c = claims(&s);
         c.iss = "evil".into();
-        assert_eq!(s.verifier().verify(&s.sign_claims(&c), NOW), Err(TokenError::WrongIssuerOrAudience));
+        assert_eq!(
+            s.verifier().verify(&s.sign_claims(&c), NOW),
+            Err(TokenError::WrongIssuerOrAudience)
+        );
     }
 
     #[test]
@@ -345,7 +375,10 @@ mod tests {
         let s = signer();
         let payload = B64.encode(serde_json::to_vec(&claims(&s)).unwrap());
         let none = format!("{}.{payload}.", B64.encode(r#"{"alg":"none","typ":"JWT"}"#));
-        assert_eq!(s.verifier().verify(&none, NOW), Err(TokenError::WrongAlgorithm));
+        assert_eq!(
+            s.verifier().verify(&none, NOW),
+            Err(TokenError::WrongAlgorithm)
+        );
 
         // HS256 "signed" with the public key, the classic confusion attack.
         use sha2::Sha256;
@@ -353,7 +386,10 @@ mod tests {
         let input = format!("{header}.{payload}");
         let mac = hmac_sha256(s.public_key_b64().as_bytes(), input.as_bytes());
         let forged = format!("{input}.{}", B64.encode(mac));
-        assert_eq!(s.verifier().verify(&forged, NOW), Err(TokenError::WrongAlgorithm));
+        assert_eq!(
+            s.verifier().verify(&forged, NOW),
+            Err(TokenError::WrongAlgorithm)
+        );
         let _ = Sha256::default;
     }
 
@@ -363,8 +399,15 @@ mod tests {
         k[..key.len().min(64)].copy_from_slice(&key[..key.len().min(64)]);
         let ipad: Vec<u8> = k.iter().map(|b| b ^ 0x36).collect();
         let opad: Vec<u8> = k.iter().map(|b| b ^ 0x5c).collect();
-        let inner = Sha256::new().chain_update(&ipad).chain_update(msg).finalize();
-        Sha256::new().chain_update(&opad).chain_update(inner).finalize().to_vec()
+        let inner = Sha256::new()
+            .chain_update(&ipad)
+            .chain_update(msg)
+            .finalize();
+        Sha256::new()
+            .chain_update(&opad)
+            .chain_update(inner)
+            .finalize()
+            .to_vec()
     }
 
     #[test]
@@ -375,11 +418,20 @@ mod tests {
         let (_, sig) = rest.split_once('.').unwrap();
         let mut c = claims(&s);
         c.sub = "admin".into();
-        let tampered = format!("{head}.{}.{sig}", B64.encode(serde_json::to_vec(&c).unwrap()));
-        assert_eq!(s.verifier().verify(&tampered, NOW), Err(TokenError::BadSignature));
+        let tampered = format!(
+            "{head}.{}.{sig}",
+            B64.encode(serde_json::to_vec(&c).unwrap())
+        );
+        assert_eq!(
+            s.verifier().verify(&tampered, NOW),
+            Err(TokenError::BadSignature)
+        );
 
         let other = signer();
-        assert_eq!(other.verifier().verify(&token, NOW), Err(TokenError::BadSignature));
+        assert_eq!(
+            other.verifier().verify(&token, NOW),
+            Err(TokenError::BadSignature)
+        );
 
         let huge = format!("{token}{}", "A".repeat(MAX_TOKEN_BYTES));
         assert_eq!(s.verifier().verify(&huge, NOW), Err(TokenError::TooLarge));
@@ -412,13 +464,19 @@ where
 {
     type Rejection = crate::ApiError;
 
-    async fn from_request_parts(parts: &mut http::request::Parts, state: &S) -> Result<Self, Self::Rejection> {
+    async fn from_request_parts(
+        parts: &mut http::request::Parts,
+        state: &S,
+    ) -> Result<Self, Self::Rejection> {
         use axum::extract::FromRef;
         let verifier = std::sync::Arc::<TokenVerifier>::from_ref(state);
-        let token = crate::http::bearer_token(&parts.headers).ok_or(crate::ApiError::Unauthorized)?;
+        let token =
+            crate::http::bearer_token(&parts.headers).ok_or(crate::ApiError::Unauthorized)?;
         let now = chrono::Utc::now().timestamp();
         match verifier.verify(token, now) {
-            Ok(claims) => Ok(AuthUser { user_id: claims.sub }),
+            Ok(claims) => Ok(AuthUser {
+                user_id: claims.sub,
+            }),
             Err(reason) => {
                 tracing::debug!(%reason, "token refused");
                 Err(crate::ApiError::Unauthorized)
@@ -429,7 +487,10 @@ where
 
 /// Compares a presented admin token with the configured one in constant
 /// time, so response timing reveals nothing about how much of it matched.
-pub fn admin_token_matches(presented: Option<&str>, configured: Option<&crate::config::Secret>) -> bool {
+pub fn admin_token_matches(
+    presented: Option<&str>,
+    configured: Option<&crate::config::Secret>,
+) -> bool {
     use subtle::ConstantTimeEq;
     match (presented, configured) {
         (Some(p), Some(c)) if !c.expose().is_empty() => {

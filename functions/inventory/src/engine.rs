@@ -27,7 +27,9 @@ use serde::Serialize;
 use crate::error::InventoryError;
 use crate::gate::{GateSnapshot, Hold, HoldOutcome, HoldState, StockGate};
 use crate::ledger::{as_settled_hold, ConfirmOutcome, ConfirmRequest, HoldTruth, Ledger};
-use crate::sale::{now_ms, rfc3339, HoldId, Order, OrderId, SaleDefinition, SaleId, SaleView, Window};
+use crate::sale::{
+    now_ms, rfc3339, HoldId, Order, OrderId, SaleDefinition, SaleId, SaleView, Window,
+};
 
 type Result<T> = std::result::Result<T, InventoryError>;
 
@@ -201,7 +203,9 @@ impl Inventory {
                 inner.gate.forget(&sale.sale_id).await?;
                 inner.gate.load(&sale, &[]).await?;
             }
-            Err(e) => tracing::warn!(sale_id = %sale.sale_id, error = %e, "gate not loaded; will rebuild on use"),
+            Err(e) => {
+                tracing::warn!(sale_id = %sale.sale_id, error = %e, "gate not loaded; will rebuild on use")
+            }
         }
         lock(&inner.unknown).remove(&sale.sale_id);
         let view = sale.view(sale.stock_total, Utc::now());
@@ -218,7 +222,13 @@ impl Inventory {
     }
 
     pub async fn definition(&self, sale_id: &SaleId) -> Result<Arc<SaleDefinition>> {
-        if let Some(sale) = self.inner.sales.read().ok().and_then(|m| m.get(sale_id).cloned()) {
+        if let Some(sale) = self
+            .inner
+            .sales
+            .read()
+            .ok()
+            .and_then(|m| m.get(sale_id).cloned())
+        {
             return Ok(sale);
         }
         if lock(&self.inner.unknown)
@@ -240,7 +250,11 @@ impl Inventory {
     /// the stock it shows already includes units that came back.
     pub async fn view(&self, sale_id: &SaleId) -> Result<SaleView> {
         let sale = self.definition(sale_id).await?;
-        if due(&self.inner.last_sweep, sale_id, self.inner.config.sweep_interval) {
+        if due(
+            &self.inner.last_sweep,
+            sale_id,
+            self.inner.config.sweep_interval,
+        ) {
             if let Err(e) = self.sweep(sale_id).await {
                 tracing::warn!(%sale_id, error = %e, "sweep failed");
             }
@@ -351,7 +365,12 @@ impl Inventory {
         Err(InventoryError::Busy)
     }
 
-    async fn confirm(&self, sale: &SaleDefinition, hold: Hold, req: &CheckoutRequest) -> Result<Checkout> {
+    async fn confirm(
+        &self,
+        sale: &SaleDefinition,
+        hold: Hold,
+        req: &CheckoutRequest,
+    ) -> Result<Checkout> {
         let inner = &self.inner;
         let order = Order {
             order_id: OrderId {
@@ -369,7 +388,8 @@ impl Inventory {
             stock_total: sale.stock_total,
             per_user_limit: sale.per_user_limit,
         };
-        let written = tokio::time::timeout(inner.config.ledger_timeout, inner.ledger.confirm(&request)).await;
+        let written =
+            tokio::time::timeout(inner.config.ledger_timeout, inner.ledger.confirm(&request)).await;
         let outcome = match written {
             Ok(Ok(outcome)) => outcome,
             Ok(Err(crate::ledger::LedgerError::Definite(problem))) => {
@@ -424,7 +444,12 @@ impl Inventory {
     }
 
     async fn settle(&self, sale_id: &SaleId, hold: &Hold) {
-        match self.inner.gate.settle(sale_id, std::slice::from_ref(hold)).await {
+        match self
+            .inner
+            .gate
+            .settle(sale_id, std::slice::from_ref(hold))
+            .await
+        {
             Ok(_) => common::metrics::counter("holds_settled_total").inc(),
             // The order is durable; the lapsed hold will be settled by the sweeper.
             Err(e) => tracing::warn!(%sale_id, error = %e, "settle failed; sweeper will finish it"),
@@ -437,11 +462,19 @@ impl Inventory {
                 common::metrics::counter("holds_released_total").inc();
                 self.clear_sold_out(&sale.sale_id);
             }
-            Err(e) => tracing::warn!(sale_id = %sale.sale_id, error = %e, "release failed; sweeper will finish it"),
+            Err(e) => {
+                tracing::warn!(sale_id = %sale.sale_id, error = %e, "release failed; sweeper will finish it")
+            }
         }
     }
 
-    async fn replay(&self, sale_id: &SaleId, hold_id: &HoldId, user_id: &str, req: &CheckoutRequest) -> Result<Checkout> {
+    async fn replay(
+        &self,
+        sale_id: &SaleId,
+        hold_id: &HoldId,
+        user_id: &str,
+        req: &CheckoutRequest,
+    ) -> Result<Checkout> {
         let order_id = OrderId {
             sale_id: sale_id.clone(),
             hold_id: hold_id.clone(),
@@ -455,8 +488,13 @@ impl Inventory {
         }
     }
 
-    async fn wait_until_not_held(&self, sale_id: &SaleId, hold_id: &HoldId) -> Result<Option<HoldState>> {
-        let deadline = Instant::now() + self.inner.config.ledger_timeout + Duration::from_millis(500);
+    async fn wait_until_not_held(
+        &self,
+        sale_id: &SaleId,
+        hold_id: &HoldId,
+    ) -> Result<Option<HoldState>> {
+        let deadline =
+            Instant::now() + self.inner.config.ledger_timeout + Duration::from_millis(500);
         loop {
             let state = self.inner.gate.lookup(sale_id, hold_id).await?;
             if !matches!(state, Some(HoldState::Held(_))) || Instant::now() >= deadline {
@@ -524,7 +562,10 @@ impl Inventory {
         for hold in expired {
             match inner.ledger.resolve(sale_id, &hold).await {
                 Ok(HoldTruth::Confirmed(_)) => {
-                    inner.gate.settle(sale_id, std::slice::from_ref(&hold)).await?;
+                    inner
+                        .gate
+                        .settle(sale_id, std::slice::from_ref(&hold))
+                        .await?;
                     report.settled += 1;
                 }
                 Ok(HoldTruth::Voided) => {
@@ -548,7 +589,11 @@ impl Inventory {
     }
 
     fn sweep_in_background(&self, sale_id: &SaleId) {
-        if !due(&self.inner.last_sweep, sale_id, self.inner.config.sweep_interval) {
+        if !due(
+            &self.inner.last_sweep,
+            sale_id,
+            self.inner.config.sweep_interval,
+        ) {
             return;
         }
         let this = self.clone();

@@ -23,7 +23,10 @@ pub use error::InventoryError;
 use common::config::{Settings, StoreMode};
 
 /// Builds the inventory on the configured backends.
-pub async fn from_settings(settings: &Settings, config: InventoryConfig) -> anyhow::Result<Inventory> {
+pub async fn from_settings(
+    settings: &Settings,
+    config: InventoryConfig,
+) -> anyhow::Result<Inventory> {
     let (gate, ledger): (Arc<dyn gate::StockGate>, Arc<dyn ledger::Ledger>) = match settings.store {
         StoreMode::Aws => (
             Arc::new(gate::RedisGate::new(common::backends::redis(settings)?)),

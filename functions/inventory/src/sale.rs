@@ -12,7 +12,9 @@ pub struct SaleId(String);
 impl SaleId {
     pub fn parse(raw: &str) -> Result<Self, String> {
         let ok = (1..=64).contains(&raw.len())
-            && raw.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-');
+            && raw
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-');
         if ok {
             Ok(Self(raw.to_owned()))
         } else {
@@ -81,7 +83,8 @@ impl HoldId {
     }
 
     pub fn parse(raw: &str) -> Option<Self> {
-        (raw.len() == 26 && raw.bytes().all(|b| b.is_ascii_alphanumeric())).then(|| Self(raw.to_owned()))
+        (raw.len() == 26 && raw.bytes().all(|b| b.is_ascii_alphanumeric()))
+            .then(|| Self(raw.to_owned()))
     }
 
     pub fn as_str(&self) -> &str {
@@ -137,7 +140,10 @@ impl SaleDefinition {
                 .map(|t| t.with_timezone(&Utc))
                 .map_err(|_| format!("{field} must be an RFC 3339 timestamp"))
         };
-        let starts_at = starts_at.map(|s| parse_time("starts_at", s)).transpose()?.unwrap_or(now);
+        let starts_at = starts_at
+            .map(|s| parse_time("starts_at", s))
+            .transpose()?
+            .unwrap_or(now);
         let ends_at = ends_at.map(|s| parse_time("ends_at", s)).transpose()?;
         if ends_at.is_some_and(|end| end <= starts_at) {
             return Err("ends_at must be after starts_at".into());
@@ -275,20 +281,42 @@ mod tests {
     use proptest::prelude::*;
 
     fn now() -> DateTime<Utc> {
-        DateTime::parse_from_rfc3339("2026-11-29T12:00:00Z").unwrap().with_timezone(&Utc)
+        DateTime::parse_from_rfc3339("2026-11-29T12:00:00Z")
+            .unwrap()
+            .with_timezone(&Utc)
     }
 
     #[test]
     fn sale_validation_follows_the_contract() {
-        let ok = SaleDefinition::new("phone-drop_1", "Phones", 1000, None, None, None, now()).unwrap();
+        let ok =
+            SaleDefinition::new("phone-drop_1", "Phones", 1000, None, None, None, now()).unwrap();
         assert_eq!(ok.per_user_limit, 1);
         assert_eq!(ok.starts_at, now());
-        for (id, stock, limit) in [("", 1, None), ("a b", 1, None), ("a", 0, None), ("a", 10_000_001, None), ("a", 5, Some(0)), ("a", -1, None)] {
-            assert!(SaleDefinition::new(id, "n", stock, limit, None, None, now()).is_err(), "{id} {stock} {limit:?}");
+        for (id, stock, limit) in [
+            ("", 1, None),
+            ("a b", 1, None),
+            ("a", 0, None),
+            ("a", 10_000_001, None),
+            ("a", 5, Some(0)),
+            ("a", -1, None),
+        ] {
+            assert!(
+                SaleDefinition::new(id, "n", stock, limit, None, None, now()).is_err(),
+                "{id} {stock} {limit:?}"
+            );
         }
         assert!(SaleDefinition::new(&"x".repeat(65), "n", 1, None, None, None, now()).is_err());
         assert!(SaleDefinition::new("a", "n", 1, None, Some("yesterday"), None, now()).is_err());
-        assert!(SaleDefinition::new("a", "n", 1, None, Some("2026-12-01T00:00:00Z"), Some("2026-11-30T00:00:00Z"), now()).is_err());
+        assert!(SaleDefinition::new(
+            "a",
+            "n",
+            1,
+            None,
+            Some("2026-12-01T00:00:00Z"),
+            Some("2026-11-30T00:00:00Z"),
+            now()
+        )
+        .is_err());
         assert!(SaleDefinition::new("a", "  ", 1, None, None, None, now()).is_err());
     }
 
@@ -308,9 +336,18 @@ mod tests {
 
     #[test]
     fn order_ids_round_trip_and_reject_junk() {
-        let id = OrderId { sale_id: SaleId::parse("s-1").unwrap(), hold_id: HoldId::random() };
+        let id = OrderId {
+            sale_id: SaleId::parse("s-1").unwrap(),
+            hold_id: HoldId::random(),
+        };
         assert_eq!(OrderId::parse(&id.to_string()), Some(id));
-        for junk in ["", "nodot", "s.short", "bad id.01ARZ3NDEKTSV4RRFFQ69G5FAV", ".01ARZ3NDEKTSV4RRFFQ69G5FAV"] {
+        for junk in [
+            "",
+            "nodot",
+            "s.short",
+            "bad id.01ARZ3NDEKTSV4RRFFQ69G5FAV",
+            ".01ARZ3NDEKTSV4RRFFQ69G5FAV",
+        ] {
             assert_eq!(OrderId::parse(junk), None, "{junk}");
         }
     }

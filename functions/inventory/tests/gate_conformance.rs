@@ -11,11 +11,16 @@ use support::{gates, sale, user};
 const TTL: i64 = 15_000;
 
 async fn hold(gate: &Arc<dyn StockGate>, s: &SaleDefinition, user: &str, qty: u32) -> HoldOutcome {
-    gate.try_hold(&s.sale_id, &HoldId::random(), user, qty, now_ms(), TTL).await.unwrap()
+    gate.try_hold(&s.sale_id, &HoldId::random(), user, qty, now_ms(), TTL)
+        .await
+        .unwrap()
 }
 
 async fn snap(gate: &Arc<dyn StockGate>, s: &SaleDefinition) -> GateSnapshot {
-    gate.snapshot(&s.sale_id).await.unwrap().expect("sale loaded")
+    gate.snapshot(&s.sale_id)
+        .await
+        .unwrap()
+        .expect("sale loaded")
 }
 
 fn balanced(s: GateSnapshot) -> bool {
@@ -34,11 +39,18 @@ async fn a_hold_moves_stock_from_remaining_to_held() {
     for (name, gate) in gates().await {
         let s = sale(10, 3);
         assert!(gate.load(&s, &[]).await.unwrap(), "{name}");
-        assert!(!gate.load(&s, &[]).await.unwrap(), "{name}: a loaded sale is never reloaded");
+        assert!(
+            !gate.load(&s, &[]).await.unwrap(),
+            "{name}: a loaded sale is never reloaded"
+        );
         let h = held(hold(&gate, &s, &user(), 2).await);
         assert_eq!(h.quantity, 2);
         let sn = snap(&gate, &s).await;
-        assert_eq!((sn.remaining, sn.held, sn.confirmed, sn.open_holds), (8, 2, 0, 1), "{name}");
+        assert_eq!(
+            (sn.remaining, sn.held, sn.confirmed, sn.open_holds),
+            (8, 2, 0, 1),
+            "{name}"
+        );
         assert!(balanced(sn), "{name}");
     }
 }
@@ -50,14 +62,31 @@ async fn stock_and_limits_are_enforced() {
         gate.load(&s, &[]).await.unwrap();
         let alice = user();
         held(hold(&gate, &s, &alice, 2).await);
-        assert_eq!(hold(&gate, &s, &alice, 1).await, HoldOutcome::LimitReached, "{name}");
+        assert_eq!(
+            hold(&gate, &s, &alice, 1).await,
+            HoldOutcome::LimitReached,
+            "{name}"
+        );
         let bob = user();
-        assert!(matches!(
-            hold(&gate, &s, &bob, 2).await,
-            HoldOutcome::SoldOut { remaining: 1, held: 2 }
-        ), "{name}: two units asked, one left");
+        assert!(
+            matches!(
+                hold(&gate, &s, &bob, 2).await,
+                HoldOutcome::SoldOut {
+                    remaining: 1,
+                    held: 2
+                }
+            ),
+            "{name}: two units asked, one left"
+        );
         held(hold(&gate, &s, &bob, 1).await);
-        assert_eq!(hold(&gate, &s, &user(), 1).await, HoldOutcome::SoldOut { remaining: 0, held: 3 }, "{name}");
+        assert_eq!(
+            hold(&gate, &s, &user(), 1).await,
+            HoldOutcome::SoldOut {
+                remaining: 0,
+                held: 3
+            },
+            "{name}"
+        );
         assert!(balanced(snap(&gate, &s).await), "{name}");
     }
 }
@@ -67,14 +96,40 @@ async fn the_sale_window_is_enforced() {
     for (name, gate) in gates().await {
         let now = chrono::Utc::now();
         let later = (now + chrono::Duration::hours(1)).to_rfc3339();
-        let upcoming = SaleDefinition::new(&format!("t-{}", ulid::Ulid::new()), "n", 5, None, Some(&later), None, now).unwrap();
+        let upcoming = SaleDefinition::new(
+            &format!("t-{}", ulid::Ulid::new()),
+            "n",
+            5,
+            None,
+            Some(&later),
+            None,
+            now,
+        )
+        .unwrap();
         gate.load(&upcoming, &[]).await.unwrap();
-        assert_eq!(hold(&gate, &upcoming, &user(), 1).await, HoldOutcome::Upcoming, "{name}");
+        assert_eq!(
+            hold(&gate, &upcoming, &user(), 1).await,
+            HoldOutcome::Upcoming,
+            "{name}"
+        );
         let start = (now - chrono::Duration::hours(2)).to_rfc3339();
         let end = (now - chrono::Duration::hours(1)).to_rfc3339();
-        let ended = SaleDefinition::new(&format!("t-{}", ulid::Ulid::new()), "n", 5, None, Some(&start), Some(&end), now).unwrap();
+        let ended = SaleDefinition::new(
+            &format!("t-{}", ulid::Ulid::new()),
+            "n",
+            5,
+            None,
+            Some(&start),
+            Some(&end),
+            now,
+        )
+        .unwrap();
         gate.load(&ended, &[]).await.unwrap();
-        assert_eq!(hold(&gate, &ended, &user(), 1).await, HoldOutcome::Ended, "{name}");
+        assert_eq!(
+            hold(&gate, &ended, &user(), 1).await,
+            HoldOutcome::Ended,
+            "{name}"
+        );
     }
 }
 
@@ -85,15 +140,43 @@ async fn settle_and_release_end_a_hold_exactly_once() {
         gate.load(&s, &[]).await.unwrap();
         let a = held(hold(&gate, &s, &user(), 2).await);
         let b = held(hold(&gate, &s, &user(), 1).await);
-        assert_eq!(gate.settle(&s.sale_id, std::slice::from_ref(&a)).await.unwrap(), Some(0), "{name}");
-        assert_eq!(gate.settle(&s.sale_id, std::slice::from_ref(&a)).await.unwrap(), Some(0), "{name}: idempotent");
-        assert!(!gate.release(&s.sale_id, &a).await.unwrap(), "{name}: a settled hold cannot be released");
-        let stale = Hold { expires_ms: b.expires_ms - 1, ..b.clone() };
-        assert!(!gate.release(&s.sale_id, &stale).await.unwrap(), "{name}: only the exact hold is released");
+        assert_eq!(
+            gate.settle(&s.sale_id, std::slice::from_ref(&a))
+                .await
+                .unwrap(),
+            Some(0),
+            "{name}"
+        );
+        assert_eq!(
+            gate.settle(&s.sale_id, std::slice::from_ref(&a))
+                .await
+                .unwrap(),
+            Some(0),
+            "{name}: idempotent"
+        );
+        assert!(
+            !gate.release(&s.sale_id, &a).await.unwrap(),
+            "{name}: a settled hold cannot be released"
+        );
+        let stale = Hold {
+            expires_ms: b.expires_ms - 1,
+            ..b.clone()
+        };
+        assert!(
+            !gate.release(&s.sale_id, &stale).await.unwrap(),
+            "{name}: only the exact hold is released"
+        );
         assert!(gate.release(&s.sale_id, &b).await.unwrap(), "{name}");
-        assert!(!gate.release(&s.sale_id, &b).await.unwrap(), "{name}: released once");
+        assert!(
+            !gate.release(&s.sale_id, &b).await.unwrap(),
+            "{name}: released once"
+        );
         let sn = snap(&gate, &s).await;
-        assert_eq!((sn.remaining, sn.held, sn.confirmed, sn.open_holds), (3, 0, 2, 0), "{name}");
+        assert_eq!(
+            (sn.remaining, sn.held, sn.confirmed, sn.open_holds),
+            (3, 0, 2, 0),
+            "{name}"
+        );
         assert!(balanced(sn), "{name}");
     }
 }
@@ -105,13 +188,42 @@ async fn a_replayed_hold_id_reports_the_existing_hold() {
         gate.load(&s, &[]).await.unwrap();
         let u = user();
         let id = HoldId::for_idempotency_key(&u, "key-1");
-        let h = held(gate.try_hold(&s.sale_id, &id, &u, 1, now_ms(), TTL).await.unwrap());
-        let again = gate.try_hold(&s.sale_id, &id, &u, 1, now_ms(), TTL).await.unwrap();
-        assert_eq!(again, HoldOutcome::Exists(HoldState::Held(h.clone())), "{name}");
-        gate.settle(&s.sale_id, std::slice::from_ref(&h)).await.unwrap();
-        let again = gate.try_hold(&s.sale_id, &id, &u, 1, now_ms(), TTL).await.unwrap();
-        assert_eq!(again, HoldOutcome::Exists(HoldState::Settled { user_id: u.clone(), quantity: 1 }), "{name}");
-        assert_eq!(gate.lookup(&s.sale_id, &id).await.unwrap(), Some(HoldState::Settled { user_id: u, quantity: 1 }));
+        let h = held(
+            gate.try_hold(&s.sale_id, &id, &u, 1, now_ms(), TTL)
+                .await
+                .unwrap(),
+        );
+        let again = gate
+            .try_hold(&s.sale_id, &id, &u, 1, now_ms(), TTL)
+            .await
+            .unwrap();
+        assert_eq!(
+            again,
+            HoldOutcome::Exists(HoldState::Held(h.clone())),
+            "{name}"
+        );
+        gate.settle(&s.sale_id, std::slice::from_ref(&h))
+            .await
+            .unwrap();
+        let again = gate
+            .try_hold(&s.sale_id, &id, &u, 1, now_ms(), TTL)
+            .await
+            .unwrap();
+        assert_eq!(
+            again,
+            HoldOutcome::Exists(HoldState::Settled {
+                user_id: u.clone(),
+                quantity: 1
+            }),
+            "{name}"
+        );
+        assert_eq!(
+            gate.lookup(&s.sale_id, &id).await.unwrap(),
+            Some(HoldState::Settled {
+                user_id: u,
+                quantity: 1
+            })
+        );
     }
 }
 
@@ -119,22 +231,54 @@ async fn a_replayed_hold_id_reports_the_existing_hold() {
 async fn an_unknown_sale_is_missing_and_a_rebuild_counts_confirmed_orders() {
     for (name, gate) in gates().await {
         let s = sale(10, 5);
-        assert_eq!(hold(&gate, &s, &user(), 1).await, HoldOutcome::Missing, "{name}");
+        assert_eq!(
+            hold(&gate, &s, &user(), 1).await,
+            HoldOutcome::Missing,
+            "{name}"
+        );
         assert_eq!(gate.settle(&s.sale_id, &[]).await.unwrap(), None, "{name}");
         let u = user();
         let confirmed = vec![
-            Hold { hold_id: HoldId::random(), user_id: u.clone(), quantity: 2, expires_ms: 0 },
-            Hold { hold_id: HoldId::random(), user_id: user(), quantity: 3, expires_ms: 0 },
+            Hold {
+                hold_id: HoldId::random(),
+                user_id: u.clone(),
+                quantity: 2,
+                expires_ms: 0,
+            },
+            Hold {
+                hold_id: HoldId::random(),
+                user_id: user(),
+                quantity: 3,
+                expires_ms: 0,
+            },
         ];
         assert!(gate.load(&s, &confirmed).await.unwrap());
         let sn = snap(&gate, &s).await;
         assert_eq!((sn.remaining, sn.held, sn.confirmed), (5, 0, 5), "{name}");
         // The rebuilt per-user count still limits that user.
-        assert!(matches!(hold(&gate, &s, &u, 4).await, HoldOutcome::LimitReached), "{name}");
+        assert!(
+            matches!(hold(&gate, &s, &u, 4).await, HoldOutcome::LimitReached),
+            "{name}"
+        );
         // An order confirmed while the gate was being rebuilt is adopted.
-        let late = Hold { hold_id: HoldId::random(), user_id: user(), quantity: 1, expires_ms: 0 };
-        assert_eq!(gate.settle(&s.sale_id, std::slice::from_ref(&late)).await.unwrap(), Some(1), "{name}");
-        assert_eq!(gate.settle(&s.sale_id, &confirmed).await.unwrap(), Some(0), "{name}: known orders are not counted twice");
+        let late = Hold {
+            hold_id: HoldId::random(),
+            user_id: user(),
+            quantity: 1,
+            expires_ms: 0,
+        };
+        assert_eq!(
+            gate.settle(&s.sale_id, std::slice::from_ref(&late))
+                .await
+                .unwrap(),
+            Some(1),
+            "{name}"
+        );
+        assert_eq!(
+            gate.settle(&s.sale_id, &confirmed).await.unwrap(),
+            Some(0),
+            "{name}: known orders are not counted twice"
+        );
         let sn = snap(&gate, &s).await;
         assert_eq!((sn.remaining, sn.confirmed), (4, 6), "{name}");
         assert!(balanced(sn));
@@ -149,14 +293,40 @@ async fn lapsed_holds_are_listed_until_resolved() {
         let s = sale(5, 5);
         gate.load(&s, &[]).await.unwrap();
         let now = now_ms();
-        let short = held(gate.try_hold(&s.sale_id, &HoldId::random(), &user(), 1, now - 10_000, 1_000).await.unwrap());
-        let long = held(gate.try_hold(&s.sale_id, &HoldId::random(), &user(), 1, now, TTL).await.unwrap());
+        let short = held(
+            gate.try_hold(
+                &s.sale_id,
+                &HoldId::random(),
+                &user(),
+                1,
+                now - 10_000,
+                1_000,
+            )
+            .await
+            .unwrap(),
+        );
+        let long = held(
+            gate.try_hold(&s.sale_id, &HoldId::random(), &user(), 1, now, TTL)
+                .await
+                .unwrap(),
+        );
         let expired = gate.expired(&s.sale_id, now, 100).await.unwrap();
         assert_eq!(expired, vec![short.clone()], "{name}");
         gate.release(&s.sale_id, &short).await.unwrap();
-        assert!(gate.expired(&s.sale_id, now, 100).await.unwrap().is_empty(), "{name}");
-        assert_eq!(gate.expired(&s.sale_id, now + TTL, 100).await.unwrap(), vec![long], "{name}");
-        assert_eq!(snap(&gate, &s).await.oldest_expiry_ms, Some(now + TTL), "{name}");
+        assert!(
+            gate.expired(&s.sale_id, now, 100).await.unwrap().is_empty(),
+            "{name}"
+        );
+        assert_eq!(
+            gate.expired(&s.sale_id, now + TTL, 100).await.unwrap(),
+            vec![long],
+            "{name}"
+        );
+        assert_eq!(
+            snap(&gate, &s).await.oldest_expiry_ms,
+            Some(now + TTL),
+            "{name}"
+        );
     }
 }
 
@@ -168,7 +338,10 @@ async fn concurrent_holds_never_take_more_than_the_stock() {
         let attempts = (0..300).map(|_| {
             let gate = gate.clone();
             let id = s.sale_id.clone();
-            tokio::spawn(async move { gate.try_hold(&id, &HoldId::random(), &user(), 1, now_ms(), TTL).await })
+            tokio::spawn(async move {
+                gate.try_hold(&id, &HoldId::random(), &user(), 1, now_ms(), TTL)
+                    .await
+            })
         });
         let mut won = 0;
         for a in attempts {

@@ -16,7 +16,10 @@ fn order(s: &SaleDefinition, user: &str, qty: u32, key: Option<&str>) -> Order {
         None => HoldId::random(),
     };
     Order {
-        order_id: OrderId { sale_id: s.sale_id.clone(), hold_id },
+        order_id: OrderId {
+            sale_id: s.sale_id.clone(),
+            hold_id,
+        },
         user_id: user.to_owned(),
         quantity: qty,
         created_at: Utc::now(),
@@ -25,7 +28,12 @@ fn order(s: &SaleDefinition, user: &str, qty: u32, key: Option<&str>) -> Order {
 }
 
 fn request(s: &SaleDefinition, order: &Order, attempt: i64) -> ConfirmRequest {
-    ConfirmRequest { order: order.clone(), attempt, stock_total: s.stock_total, per_user_limit: s.per_user_limit }
+    ConfirmRequest {
+        order: order.clone(),
+        attempt,
+        stock_total: s.stock_total,
+        per_user_limit: s.per_user_limit,
+    }
 }
 
 async fn created(ledger: &Arc<dyn Ledger>, s: &SaleDefinition) {
@@ -34,7 +42,9 @@ async fn created(ledger: &Arc<dyn Ledger>, s: &SaleDefinition) {
 
 fn same_order(a: &Order, b: &Order) -> bool {
     // DynamoDB keeps milliseconds; compare what the contract shows.
-    a.order_id == b.order_id && a.user_id == b.user_id && a.quantity == b.quantity
+    a.order_id == b.order_id
+        && a.user_id == b.user_id
+        && a.quantity == b.quantity
         && a.created_at.timestamp_millis() == b.created_at.timestamp_millis()
 }
 
@@ -43,11 +53,28 @@ async fn sales_are_created_once_and_read_back() {
     for (name, ledger) in ledgers().await {
         let s = sale(100, 2);
         created(&ledger, &s).await;
-        assert!(!ledger.create_sale(&s).await.unwrap(), "{name}: the id is taken");
+        assert!(
+            !ledger.create_sale(&s).await.unwrap(),
+            "{name}: the id is taken"
+        );
         let back = ledger.sale(&s.sale_id).await.unwrap().expect("stored");
-        assert_eq!((back.stock_total, back.per_user_limit, back.name.as_str()), (100, 2, "Test sale"), "{name}");
-        assert_eq!(back.starts_at.timestamp_millis(), s.starts_at.timestamp_millis());
-        assert!(ledger.sale(&support::sale(1, 1).sale_id).await.unwrap().is_none(), "{name}");
+        assert_eq!(
+            (back.stock_total, back.per_user_limit, back.name.as_str()),
+            (100, 2, "Test sale"),
+            "{name}"
+        );
+        assert_eq!(
+            back.starts_at.timestamp_millis(),
+            s.starts_at.timestamp_millis()
+        );
+        assert!(
+            ledger
+                .sale(&support::sale(1, 1).sale_id)
+                .await
+                .unwrap()
+                .is_none(),
+            "{name}"
+        );
     }
 }
 
@@ -58,25 +85,58 @@ async fn an_order_is_written_once_and_found_by_its_owner_only() {
         created(&ledger, &s).await;
         let u = user();
         let o = order(&s, &u, 2, None);
-        assert_eq!(ledger.confirm(&request(&s, &o, 1)).await.unwrap(), ConfirmOutcome::Confirmed(o.clone()), "{name}");
+        assert_eq!(
+            ledger.confirm(&request(&s, &o, 1)).await.unwrap(),
+            ConfirmOutcome::Confirmed(o.clone()),
+            "{name}"
+        );
         // The same attempt retried (same ClientRequestToken): DynamoDB
         // answers success without writing again.
         match ledger.confirm(&request(&s, &o, 1)).await.unwrap() {
-            ConfirmOutcome::AlreadyConfirmed(x) | ConfirmOutcome::Confirmed(x) => assert!(same_order(&x, &o), "{name}"),
+            ConfirmOutcome::AlreadyConfirmed(x) | ConfirmOutcome::Confirmed(x) => {
+                assert!(same_order(&x, &o), "{name}")
+            }
             other => panic!("{name}: {other:?}"),
         }
         // Another attempt at the same order id finds the order already there.
         match ledger.confirm(&request(&s, &o, 2)).await.unwrap() {
-            ConfirmOutcome::AlreadyConfirmed(existing) => assert!(same_order(&existing, &o), "{name}"),
+            ConfirmOutcome::AlreadyConfirmed(existing) => {
+                assert!(same_order(&existing, &o), "{name}")
+            }
             other => panic!("{name}: {other:?}"),
         }
-        assert!(same_order(&ledger.order(&o.order_id, &u).await.unwrap().unwrap(), &o), "{name}");
-        assert!(ledger.order(&o.order_id, &user()).await.unwrap().is_none(), "{name}: not someone else's");
-        assert_eq!(ledger.confirmed_units(&s.sale_id).await.unwrap(), 2, "{name}");
-        assert_eq!(ledger.user_orders(&u, Some(&s.sale_id)).await.unwrap().len(), 1, "{name}");
-        assert_eq!(ledger.sale_orders(&s.sale_id).await.unwrap().len(), 1, "{name}");
+        assert!(
+            same_order(&ledger.order(&o.order_id, &u).await.unwrap().unwrap(), &o),
+            "{name}"
+        );
+        assert!(
+            ledger.order(&o.order_id, &user()).await.unwrap().is_none(),
+            "{name}: not someone else's"
+        );
+        assert_eq!(
+            ledger.confirmed_units(&s.sale_id).await.unwrap(),
+            2,
+            "{name}"
+        );
+        assert_eq!(
+            ledger
+                .user_orders(&u, Some(&s.sale_id))
+                .await
+                .unwrap()
+                .len(),
+            1,
+            "{name}"
+        );
+        assert_eq!(
+            ledger.sale_orders(&s.sale_id).await.unwrap().len(),
+            1,
+            "{name}"
+        );
         let everywhere = ledger.user_orders(&u, None).await.unwrap();
-        assert!(everywhere.iter().any(|x| x.order_id == o.order_id), "{name}: listed across sales");
+        assert!(
+            everywhere.iter().any(|x| x.order_id == o.order_id),
+            "{name}: listed across sales"
+        );
     }
 }
 
@@ -86,11 +146,41 @@ async fn the_ledger_refuses_overselling_and_over_limit_on_its_own() {
         let s = sale(3, 2);
         created(&ledger, &s).await;
         let u = user();
-        assert!(matches!(ledger.confirm(&request(&s, &order(&s, &u, 2, None), 1)).await.unwrap(), ConfirmOutcome::Confirmed(_)));
-        assert_eq!(ledger.confirm(&request(&s, &order(&s, &u, 1, None), 1)).await.unwrap(), ConfirmOutcome::LimitReached, "{name}");
-        assert!(matches!(ledger.confirm(&request(&s, &order(&s, &user(), 1, None), 1)).await.unwrap(), ConfirmOutcome::Confirmed(_)));
-        assert_eq!(ledger.confirm(&request(&s, &order(&s, &user(), 1, None), 1)).await.unwrap(), ConfirmOutcome::SoldOut, "{name}");
-        assert_eq!(ledger.confirmed_units(&s.sale_id).await.unwrap(), 3, "{name}");
+        assert!(matches!(
+            ledger
+                .confirm(&request(&s, &order(&s, &u, 2, None), 1))
+                .await
+                .unwrap(),
+            ConfirmOutcome::Confirmed(_)
+        ));
+        assert_eq!(
+            ledger
+                .confirm(&request(&s, &order(&s, &u, 1, None), 1))
+                .await
+                .unwrap(),
+            ConfirmOutcome::LimitReached,
+            "{name}"
+        );
+        assert!(matches!(
+            ledger
+                .confirm(&request(&s, &order(&s, &user(), 1, None), 1))
+                .await
+                .unwrap(),
+            ConfirmOutcome::Confirmed(_)
+        ));
+        assert_eq!(
+            ledger
+                .confirm(&request(&s, &order(&s, &user(), 1, None), 1))
+                .await
+                .unwrap(),
+            ConfirmOutcome::SoldOut,
+            "{name}"
+        );
+        assert_eq!(
+            ledger.confirmed_units(&s.sale_id).await.unwrap(),
+            3,
+            "{name}"
+        );
     }
 }
 
@@ -101,14 +191,42 @@ async fn a_voided_attempt_can_never_be_confirmed_but_a_later_one_can() {
         created(&ledger, &s).await;
         let u = user();
         let o = order(&s, &u, 1, Some("k"));
-        let hold = Hold { hold_id: o.order_id.hold_id.clone(), user_id: u.clone(), quantity: 1, expires_ms: 100 };
-        assert_eq!(ledger.resolve(&s.sale_id, &hold).await.unwrap(), HoldTruth::Voided, "{name}");
-        assert_eq!(ledger.resolve(&s.sale_id, &hold).await.unwrap(), HoldTruth::Voided, "{name}: idempotent");
-        assert_eq!(ledger.confirm(&request(&s, &o, 100)).await.unwrap(), ConfirmOutcome::Voided, "{name}");
-        assert_eq!(ledger.confirmed_units(&s.sale_id).await.unwrap(), 0, "{name}: nothing counted");
+        let hold = Hold {
+            hold_id: o.order_id.hold_id.clone(),
+            user_id: u.clone(),
+            quantity: 1,
+            expires_ms: 100,
+        };
+        assert_eq!(
+            ledger.resolve(&s.sale_id, &hold).await.unwrap(),
+            HoldTruth::Voided,
+            "{name}"
+        );
+        assert_eq!(
+            ledger.resolve(&s.sale_id, &hold).await.unwrap(),
+            HoldTruth::Voided,
+            "{name}: idempotent"
+        );
+        assert_eq!(
+            ledger.confirm(&request(&s, &o, 100)).await.unwrap(),
+            ConfirmOutcome::Voided,
+            "{name}"
+        );
+        assert_eq!(
+            ledger.confirmed_units(&s.sale_id).await.unwrap(),
+            0,
+            "{name}: nothing counted"
+        );
         // The same key retried later is a new attempt, and may succeed.
-        assert_eq!(ledger.confirm(&request(&s, &o, 200)).await.unwrap(), ConfirmOutcome::Confirmed(o.clone()), "{name}");
-        let hold2 = Hold { expires_ms: 200, ..hold };
+        assert_eq!(
+            ledger.confirm(&request(&s, &o, 200)).await.unwrap(),
+            ConfirmOutcome::Confirmed(o.clone()),
+            "{name}"
+        );
+        let hold2 = Hold {
+            expires_ms: 200,
+            ..hold
+        };
         match ledger.resolve(&s.sale_id, &hold2).await.unwrap() {
             HoldTruth::Confirmed(found) => assert!(same_order(&found, &o), "{name}"),
             other => panic!("{name}: {other:?}"),
@@ -124,16 +242,31 @@ async fn an_idempotency_key_names_one_order_across_sales() {
         created(&ledger, &b).await;
         let u = user();
         let first = order(&a, &u, 1, Some("same-key"));
-        assert!(matches!(ledger.confirm(&request(&a, &first, 1)).await.unwrap(), ConfirmOutcome::Confirmed(_)));
+        assert!(matches!(
+            ledger.confirm(&request(&a, &first, 1)).await.unwrap(),
+            ConfirmOutcome::Confirmed(_)
+        ));
         let other = order(&b, &u, 1, Some("same-key"));
         match ledger.confirm(&request(&b, &other, 1)).await.unwrap() {
-            ConfirmOutcome::KeyUsed(existing) => assert_eq!(existing.order_id, first.order_id, "{name}"),
+            ConfirmOutcome::KeyUsed(existing) => {
+                assert_eq!(existing.order_id, first.order_id, "{name}")
+            }
             x => panic!("{name}: {x:?}"),
         }
-        assert_eq!(ledger.confirmed_units(&b.sale_id).await.unwrap(), 0, "{name}: nothing written in b");
+        assert_eq!(
+            ledger.confirmed_units(&b.sale_id).await.unwrap(),
+            0,
+            "{name}: nothing written in b"
+        );
         // Another user may use the same key freely.
         let theirs = order(&b, &user(), 1, Some("same-key"));
-        assert!(matches!(ledger.confirm(&request(&b, &theirs, 1)).await.unwrap(), ConfirmOutcome::Confirmed(_)), "{name}");
+        assert!(
+            matches!(
+                ledger.confirm(&request(&b, &theirs, 1)).await.unwrap(),
+                ConfirmOutcome::Confirmed(_)
+            ),
+            "{name}"
+        );
     }
 }
 
@@ -145,7 +278,11 @@ async fn concurrent_writes_never_exceed_the_stock() {
         let writes = (0..40).map(|_| {
             let ledger = ledger.clone();
             let s = s.clone();
-            tokio::spawn(async move { ledger.confirm(&request(&s, &order(&s, &user(), 1, None), 1)).await })
+            tokio::spawn(async move {
+                ledger
+                    .confirm(&request(&s, &order(&s, &user(), 1, None), 1))
+                    .await
+            })
         });
         let mut confirmed = 0;
         for w in writes {
@@ -156,7 +293,15 @@ async fn concurrent_writes_never_exceed_the_stock() {
             }
         }
         assert_eq!(confirmed, 10, "{name}");
-        assert_eq!(ledger.confirmed_units(&s.sale_id).await.unwrap(), 10, "{name}");
-        assert_eq!(ledger.sale_orders(&s.sale_id).await.unwrap().len(), 10, "{name}");
+        assert_eq!(
+            ledger.confirmed_units(&s.sale_id).await.unwrap(),
+            10,
+            "{name}"
+        );
+        assert_eq!(
+            ledger.sale_orders(&s.sale_id).await.unwrap().len(),
+            10,
+            "{name}"
+        );
     }
 }

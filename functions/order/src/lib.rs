@@ -54,7 +54,9 @@ fn idempotency_key(headers: &HeaderMap) -> ApiResult<Option<String>> {
         .to_str()
         .ok()
         .filter(|k| (1..=64).contains(&k.len()) && k.bytes().all(|b| b.is_ascii_graphic()))
-        .ok_or_else(|| ApiError::invalid("Idempotency-Key must be 1-64 visible ASCII characters"))?;
+        .ok_or_else(|| {
+            ApiError::invalid("Idempotency-Key must be 1-64 visible ASCII characters")
+        })?;
     Ok(Some(key.to_owned()))
 }
 
@@ -86,7 +88,11 @@ async fn checkout(
     Ok((status, [(header::LOCATION, location)], Json(view)).into_response())
 }
 
-async fn get_order(State(state): State<OrderState>, user: AuthUser, Path(order_id): Path<String>) -> ApiResult<Response> {
+async fn get_order(
+    State(state): State<OrderState>,
+    user: AuthUser,
+    Path(order_id): Path<String>,
+) -> ApiResult<Response> {
     let order = state.inventory.order(&user.user_id, &order_id).await?;
     Ok(Json(OrderView::from(&order)).into_response())
 }

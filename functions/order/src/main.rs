@@ -39,7 +39,8 @@ async fn main() -> anyhow::Result<()> {
         &settings.token_audience,
     )?;
     let http = common::http::HttpOptions::from_env(4096)?;
-    let inventory = inventory::from_settings(&settings, inventory::InventoryConfig::from_env()?).await?;
+    let inventory =
+        inventory::from_settings(&settings, inventory::InventoryConfig::from_env()?).await?;
     let state = order::OrderState {
         inventory,
         verifier: Arc::new(verifier),

@@ -81,31 +81,53 @@ async fn create_sale(
     )
     .map_err(ApiError::invalid)?;
     let view = state.inventory.create_sale(sale).await?;
-    tracing::info!(sale_id = view.sale_id, stock = view.stock_total, "sale created");
+    tracing::info!(
+        sale_id = view.sale_id,
+        stock = view.stock_total,
+        "sale created"
+    );
     Ok((StatusCode::CREATED, Json(view)).into_response())
 }
 
-async fn view_sale(State(state): State<StockState>, Path(raw): Path<String>) -> ApiResult<Response> {
+async fn view_sale(
+    State(state): State<StockState>,
+    Path(raw): Path<String>,
+) -> ApiResult<Response> {
     let view = state.inventory.view(&sale_id(&raw)?).await?;
     Ok(Json(view).into_response())
 }
 
-async fn breakdown(State(state): State<StockState>, headers: HeaderMap, Path(raw): Path<String>) -> ApiResult<Response> {
+async fn breakdown(
+    State(state): State<StockState>,
+    headers: HeaderMap,
+    Path(raw): Path<String>,
+) -> ApiResult<Response> {
     require_admin(&state, &headers)?;
     Ok(Json(state.inventory.breakdown(&sale_id(&raw)?).await?).into_response())
 }
 
-async fn reconcile(State(state): State<StockState>, headers: HeaderMap, Path(raw): Path<String>) -> ApiResult<Response> {
+async fn reconcile(
+    State(state): State<StockState>,
+    headers: HeaderMap,
+    Path(raw): Path<String>,
+) -> ApiResult<Response> {
     require_admin(&state, &headers)?;
     Ok(Json(state.inventory.reconcile(&sale_id(&raw)?).await?).into_response())
 }
 
-async fn sale_orders(State(state): State<StockState>, headers: HeaderMap, Path(raw): Path<String>) -> ApiResult<Response> {
+async fn sale_orders(
+    State(state): State<StockState>,
+    headers: HeaderMap,
+    Path(raw): Path<String>,
+) -> ApiResult<Response> {
     require_admin(&state, &headers)?;
     let orders = state.inventory.sale_orders(&sale_id(&raw)?).await?;
     let views: Vec<OrderView> = orders.iter().map(OrderView::from).collect();
     // Idempotency keys are included for audits; only the admin sees them.
-    let keys: Vec<Option<&str>> = orders.iter().map(|o| o.idempotency_key.as_deref()).collect();
+    let keys: Vec<Option<&str>> = orders
+        .iter()
+        .map(|o| o.idempotency_key.as_deref())
+        .collect();
     let body: Vec<serde_json::Value> = views
         .into_iter()
         .zip(keys)

@@ -49,8 +49,12 @@ async fn main() -> anyhow::Result<()> {
         }
         Command::Reconcile { sale_id } => {
             let sale_id = inventory::sale::SaleId::parse(&sale_id).map_err(anyhow::Error::msg)?;
-            let inv = inventory::from_settings(&settings, inventory::InventoryConfig::from_env()?).await?;
-            let breakdown = inv.reconcile(&sale_id).await.map_err(|e| anyhow::anyhow!("{e}"))?;
+            let inv = inventory::from_settings(&settings, inventory::InventoryConfig::from_env()?)
+                .await?;
+            let breakdown = inv
+                .reconcile(&sale_id)
+                .await
+                .map_err(|e| anyhow::anyhow!("{e}"))?;
             println!("{}", serde_json::to_string_pretty(&breakdown)?);
             Ok(())
         }
@@ -61,8 +65,17 @@ async fn main() -> anyhow::Result<()> {
             if admin_token.is_none() {
                 tracing::warn!("ADMIN_TOKEN is not set: admin calls will be refused");
             }
-            let inventory = inventory::from_settings(&settings, inventory::InventoryConfig::from_env()?).await?;
-            common::serve(stock::app(stock::StockState { inventory, admin_token }, &http)).await
+            let inventory =
+                inventory::from_settings(&settings, inventory::InventoryConfig::from_env()?)
+                    .await?;
+            common::serve(stock::app(
+                stock::StockState {
+                    inventory,
+                    admin_token,
+                },
+                &http,
+            ))
+            .await
         }
     }
 }

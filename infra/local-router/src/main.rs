@@ -64,7 +64,7 @@ fn route(path: &str) -> Option<Function> {
 #[derive(Clone)]
 enum Upstreams {
     Proxy {
-        client: Client<HttpConnector, Body>,
+        client: Box<Client<HttpConnector, Body>>,
         bases: Arc<[String; 3]>,
     },
     Embedded(Arc<[Router; 3]>),
@@ -100,10 +100,14 @@ impl Upstreams {
 
 async fn embedded_routers() -> anyhow::Result<[Router; 3]> {
     let settings = common::config::Settings::memory();
-    let signer = common::token::TokenSigner::generate(&settings.token_issuer, &settings.token_audience, 900);
+    let signer =
+        common::token::TokenSigner::generate(&settings.token_issuer, &settings.token_audience, 900);
     let verifier = Arc::new(signer.verifier());
-    let admin_token = common::config::var("ADMIN_TOKEN").unwrap_or_else(|| "dev-admin-token".into());
-    let http = common::http::HttpOptions { max_in_flight: 4096 };
+    let admin_token =
+        common::config::var("ADMIN_TOKEN").unwrap_or_else(|| "dev-admin-token".into());
+    let http = common::http::HttpOptions {
+        max_in_flight: 4096,
+    };
     let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
     let auth_state = auth::AuthState {
         users: Arc::new(auth::store::MemoryUserStore::default()),
@@ -111,7 +115,8 @@ async fn embedded_routers() -> anyhow::Result<[Router; 3]> {
         hasher: auth::hasher::HasherPool::new(cores, 4 * cores, Default::default()),
         signer: Arc::new(signer),
     };
-    let inventory = inventory::from_settings(&settings, inventory::InventoryConfig::default()).await?;
+    let inventory =
+        inventory::from_settings(&settings, inventory::InventoryConfig::default()).await?;
     println!("embedded mode: in-memory stores; admin token: {admin_token}");
     Ok([
         auth::app(auth_state, &http),
@@ -122,7 +127,13 @@ async fn embedded_routers() -> anyhow::Result<[Router; 3]> {
             },
             &http,
         ),
-        order::app(order::OrderState { inventory, verifier }, &http),
+        order::app(
+            order::OrderState {
+                inventory,
+                verifier,
+            },
+            &http,
+        ),
     ])
 }
 
@@ -134,8 +145,10 @@ async fn main() -> anyhow::Result<()> {
         Upstreams::Embedded(Arc::new(embedded_routers().await?))
     } else {
         Upstreams::Proxy {
-            client: Client::builder(TokioExecutor::new()).build_http(),
-            bases: Arc::new([cli.auth, cli.stock, cli.order].map(|b| b.trim_end_matches('/').to_owned())),
+            client: Box::new(Client::builder(TokioExecutor::new()).build_http()),
+            bases: Arc::new(
+                [cli.auth, cli.stock, cli.order].map(|b| b.trim_end_matches('/').to_owned()),
+            ),
         }
     };
     let app = Router::new().fallback(move |req: Request| {

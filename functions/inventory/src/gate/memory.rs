@@ -147,7 +147,8 @@ impl StockGate for MemoryGate {
         gate.remaining -= qty;
         gate.held += qty;
         *gate.users.entry(user_id.to_owned()).or_default() += qty;
-        gate.holds.insert(hold_id.clone(), HoldState::Held(hold.clone()));
+        gate.holds
+            .insert(hold_id.clone(), HoldState::Held(hold.clone()));
         gate.expiry.insert((hold.expires_ms, hold_id.clone()));
         Ok(HoldOutcome::Held(hold))
     }
@@ -183,11 +184,23 @@ impl StockGate for MemoryGate {
         Ok(true)
     }
 
-    async fn lookup(&self, sale: &SaleId, hold_id: &HoldId) -> Result<Option<HoldState>, GateError> {
-        Ok(self.sales().get(sale).and_then(|g| g.holds.get(hold_id).cloned()))
+    async fn lookup(
+        &self,
+        sale: &SaleId,
+        hold_id: &HoldId,
+    ) -> Result<Option<HoldState>, GateError> {
+        Ok(self
+            .sales()
+            .get(sale)
+            .and_then(|g| g.holds.get(hold_id).cloned()))
     }
 
-    async fn expired(&self, sale: &SaleId, now_ms: i64, max: usize) -> Result<Vec<Hold>, GateError> {
+    async fn expired(
+        &self,
+        sale: &SaleId,
+        now_ms: i64,
+        max: usize,
+    ) -> Result<Vec<Hold>, GateError> {
         let sales = self.sales();
         let Some(gate) = sales.get(sale) else {
             return Ok(Vec::new());

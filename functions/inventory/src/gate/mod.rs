@@ -37,7 +37,10 @@ pub enum HoldOutcome {
     Held(Hold),
     /// Not enough stock. `remaining` is what is left (maybe less than asked);
     /// `held` is what may still come back from unfinished checkouts.
-    SoldOut { remaining: i64, held: i64 },
+    SoldOut {
+        remaining: i64,
+        held: i64,
+    },
     LimitReached,
     Upcoming,
     Ended,
@@ -95,10 +98,12 @@ pub trait StockGate: Send + Sync + 'static {
     /// no longer held (already settled, released or replaced).
     async fn release(&self, sale: &SaleId, hold: &Hold) -> Result<bool, GateError>;
 
-    async fn lookup(&self, sale: &SaleId, hold_id: &HoldId) -> Result<Option<HoldState>, GateError>;
+    async fn lookup(&self, sale: &SaleId, hold_id: &HoldId)
+        -> Result<Option<HoldState>, GateError>;
 
     /// Holds whose time is up, oldest first, at most `max` of them.
-    async fn expired(&self, sale: &SaleId, now_ms: i64, max: usize) -> Result<Vec<Hold>, GateError>;
+    async fn expired(&self, sale: &SaleId, now_ms: i64, max: usize)
+        -> Result<Vec<Hold>, GateError>;
 
     async fn snapshot(&self, sale: &SaleId) -> Result<Option<GateSnapshot>, GateError>;
 

@@ -28,7 +28,11 @@ impl RedisGate {
         ["sale", "users", "holds", "expiry"].map(|k| format!("fs:{{{sale}}}:{k}"))
     }
 
-    async fn call<T: redis::FromRedisValue>(&self, sale: &SaleId, args: Vec<String>) -> Result<T, GateError> {
+    async fn call<T: redis::FromRedisValue>(
+        &self,
+        sale: &SaleId,
+        args: Vec<String>,
+    ) -> Result<T, GateError> {
         let mut invocation = self.script.prepare_invoke();
         for key in Self::keys(sale) {
             invocation.key(key);
@@ -118,7 +122,9 @@ impl StockGate for RedisGate {
             Some("missing") => HoldOutcome::Missing,
             Some("exists") => {
                 let rec = fields.get(1).ok_or_else(|| bad_reply("hold", &fields))?;
-                HoldOutcome::Exists(parse_record(hold_id, rec).ok_or_else(|| bad_reply("hold", rec))?)
+                HoldOutcome::Exists(
+                    parse_record(hold_id, rec).ok_or_else(|| bad_reply("hold", rec))?,
+                )
             }
             _ => return Err(bad_reply("hold", &fields)),
         };
@@ -128,7 +134,11 @@ impl StockGate for RedisGate {
     async fn settle(&self, sale: &SaleId, orders: &[Hold]) -> Result<Option<u64>, GateError> {
         let mut adopted_total = 0;
         // Chunked so one call never carries an unbounded argument list.
-        let chunks: Vec<&[Hold]> = if orders.is_empty() { vec![&[]] } else { orders.chunks(1000).collect() };
+        let chunks: Vec<&[Hold]> = if orders.is_empty() {
+            vec![&[]]
+        } else {
+            orders.chunks(1000).collect()
+        };
         for chunk in chunks {
             let mut args = vec!["settle".to_owned()];
             push_orders(&mut args, chunk);
@@ -142,17 +152,32 @@ impl StockGate for RedisGate {
     }
 
     async fn release(&self, sale: &SaleId, hold: &Hold) -> Result<bool, GateError> {
-        let args = vec!["release".to_owned(), hold.hold_id.to_string(), hold.expires_ms.to_string()];
+        let args = vec![
+            "release".to_owned(),
+            hold.hold_id.to_string(),
+            hold.expires_ms.to_string(),
+        ];
         let released: i64 = self.call(sale, args).await?;
         Ok(released == 1)
     }
 
-    async fn lookup(&self, sale: &SaleId, hold_id: &HoldId) -> Result<Option<HoldState>, GateError> {
-        let rec: Option<String> = self.call(sale, vec!["lookup".to_owned(), hold_id.to_string()]).await?;
+    async fn lookup(
+        &self,
+        sale: &SaleId,
+        hold_id: &HoldId,
+    ) -> Result<Option<HoldState>, GateError> {
+        let rec: Option<String> = self
+            .call(sale, vec!["lookup".to_owned(), hold_id.to_string()])
+            .await?;
         Ok(rec.and_then(|r| parse_record(hold_id, &r)))
     }
 
-    async fn expired(&self, sale: &SaleId, now_ms: i64, max: usize) -> Result<Vec<Hold>, GateError> {
+    async fn expired(
+        &self,
+        sale: &SaleId,
+        now_ms: i64,
+        max: usize,
+    ) -> Result<Vec<Hold>, GateError> {
         let args = vec!["expired".to_owned(), now_ms.to_string(), max.to_string()];
         let flat: Vec<String> = self.call(sale, args).await?;
         Ok(flat
@@ -180,7 +205,10 @@ impl StockGate for RedisGate {
                 held: num(2)?,
                 confirmed: num(3)?,
                 open_holds: num(4)? as u64,
-                oldest_expiry_ms: f.get(5).and_then(|s| s.parse::<f64>().ok()).map(|v| v as i64),
+                oldest_expiry_ms: f
+                    .get(5)
+                    .and_then(|s| s.parse::<f64>().ok())
+                    .map(|v| v as i64),
             })
         })();
         parsed.map(Some).ok_or_else(|| bad_reply("snapshot", &f))

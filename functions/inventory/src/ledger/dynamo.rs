@@ -19,8 +19,8 @@ use aws_sdk_dynamodb::config::http::HttpResponse;
 use aws_sdk_dynamodb::error::{DisplayErrorContext, SdkError};
 use aws_sdk_dynamodb::operation::transact_write_items::TransactWriteItemsError;
 use aws_sdk_dynamodb::types::{
-    AttributeDefinition, AttributeValue, BillingMode, GlobalSecondaryIndex, KeySchemaElement, KeyType, Projection,
-    ProjectionType, Put, ScalarAttributeType, TransactWriteItem, Update,
+    AttributeDefinition, AttributeValue, BillingMode, GlobalSecondaryIndex, KeySchemaElement,
+    KeyType, Projection, ProjectionType, Put, ScalarAttributeType, TransactWriteItem, Update,
 };
 use aws_sdk_dynamodb::Client;
 use chrono::{DateTime, Utc};
@@ -64,7 +64,9 @@ fn get_n<T: std::str::FromStr>(item: &Item, name: &str) -> Option<T> {
 }
 
 fn time(raw: &str) -> Option<DateTime<Utc>> {
-    DateTime::parse_from_rfc3339(raw).ok().map(|t| t.with_timezone(&Utc))
+    DateTime::parse_from_rfc3339(raw)
+        .ok()
+        .map(|t| t.with_timezone(&Utc))
 }
 
 /// A service error is a refusal: the write did not happen. A timeout, a
@@ -125,7 +127,10 @@ impl DynamoLedger {
 
     /// Creates the ledger table (and its `by_user` index) if it is absent.
     pub async fn migrate(&self) -> anyhow::Result<bool> {
-        if common::backends::dynamodb_table_ready(&self.client, &self.table).await.is_ok() {
+        if common::backends::dynamodb_table_ready(&self.client, &self.table)
+            .await
+            .is_ok()
+        {
             return Ok(false);
         }
         let attr = |name: &str| {
@@ -134,7 +139,12 @@ impl DynamoLedger {
                 .attribute_type(ScalarAttributeType::S)
                 .build()
         };
-        let key = |name: &str, kind: KeyType| KeySchemaElement::builder().attribute_name(name).key_type(kind).build();
+        let key = |name: &str, kind: KeyType| {
+            KeySchemaElement::builder()
+                .attribute_name(name)
+                .key_type(kind)
+                .build()
+        };
         let result = self
             .client
             .create_table()
@@ -151,15 +161,28 @@ impl DynamoLedger {
                     .index_name("by_user")
                     .key_schema(key("user_id", KeyType::Hash)?)
                     .key_schema(key("created_at", KeyType::Range)?)
-                    .projection(Projection::builder().projection_type(ProjectionType::All).build())
+                    .projection(
+                        Projection::builder()
+                            .projection_type(ProjectionType::All)
+                            .build(),
+                    )
                     .build()?,
             )
             .send()
             .await;
         match result {
             Ok(_) => Ok(true),
-            Err(e) if e.as_service_error().is_some_and(|s| s.is_resource_in_use_exception()) => Ok(false),
-            Err(e) => Err(anyhow::anyhow!("create table {}: {}", self.table, DisplayErrorContext(e))),
+            Err(e)
+                if e.as_service_error()
+                    .is_some_and(|s| s.is_resource_in_use_exception()) =>
+            {
+                Ok(false)
+            }
+            Err(e) => Err(anyhow::anyhow!(
+                "create table {}: {}",
+                self.table,
+                DisplayErrorContext(e)
+            )),
         }
     }
 
@@ -226,7 +249,9 @@ impl DynamoLedger {
             .item("attempt", n(req.attempt))
             // A void of an *earlier* attempt of this id may be replaced; a
             // void of this attempt, or a confirmed order, may not.
-            .condition_expression("attribute_not_exists(pk) OR (#status = :void AND attempt <> :attempt)")
+            .condition_expression(
+                "attribute_not_exists(pk) OR (#status = :void AND attempt <> :attempt)",
+            )
             .expression_attribute_names("#status", "status")
             .expression_attribute_values(":void", s("void"))
             .expression_attribute_values(":attempt", n(req.attempt));
@@ -258,11 +283,16 @@ impl DynamoLedger {
             .condition_expression("attribute_not_exists(confirmed) OR confirmed <= :max_before")
             .expression_attribute_values(":zero", n(0))
             .expression_attribute_values(":q", n(qty))
-            .expression_attribute_values(":max_before", n(i64::from(req.per_user_limit) - qty as i64))
+            .expression_attribute_values(
+                ":max_before",
+                n(i64::from(req.per_user_limit) - qty as i64),
+            )
             .build()
             .map_err(build_error)?;
         let mut items = vec![
-            TransactWriteItem::builder().put(self.order_put(req)?).build(),
+            TransactWriteItem::builder()
+                .put(self.order_put(req)?)
+                .build(),
             TransactWriteItem::builder().update(sale_update).build(),
             TransactWriteItem::builder().update(user_update).build(),
         ];
@@ -281,12 +311,20 @@ impl DynamoLedger {
     }
 
     /// Why a cancelled transaction was cancelled, checked in order of meaning.
-    async fn explain_cancel(&self, req: &ConfirmRequest, codes: &[Option<String>]) -> Result<Option<ConfirmOutcome>, LedgerError> {
-        let failed = |i: usize| codes.get(i).and_then(|c| c.as_deref()) == Some("ConditionalCheckFailed");
+    async fn explain_cancel(
+        &self,
+        req: &ConfirmRequest,
+        codes: &[Option<String>],
+    ) -> Result<Option<ConfirmOutcome>, LedgerError> {
+        let failed =
+            |i: usize| codes.get(i).and_then(|c| c.as_deref()) == Some("ConditionalCheckFailed");
         let o = &req.order;
         if failed(0) {
             let item = self
-                .get(sale_pk(o.sale_id()), order_sk(&o.user_id, &o.order_id.hold_id))
+                .get(
+                    sale_pk(o.sale_id()),
+                    order_sk(&o.user_id, &o.order_id.hold_id),
+                )
                 .await?;
             return Ok(Some(match item.as_ref().and_then(order_from_item) {
                 Some(existing) => ConfirmOutcome::AlreadyConfirmed(existing),
@@ -295,7 +333,9 @@ impl DynamoLedger {
         }
         if failed(3) {
             if let Some(key) = &o.idempotency_key {
-                let idem = self.get(format!("USER#{}", o.user_id), format!("IDEM#{key}")).await?;
+                let idem = self
+                    .get(format!("USER#{}", o.user_id), format!("IDEM#{key}"))
+                    .await?;
                 let other = idem
                     .as_ref()
                     .and_then(|i| get_s(i, "order_id"))
@@ -305,7 +345,9 @@ impl DynamoLedger {
                         return Ok(Some(ConfirmOutcome::KeyUsed(existing)));
                     }
                 }
-                return Err(LedgerError::Definite(format!("idempotency record for {key} names no order")));
+                return Err(LedgerError::Definite(format!(
+                    "idempotency record for {key} names no order"
+                )));
             }
         }
         if failed(1) {
@@ -339,7 +381,12 @@ impl Ledger for DynamoLedger {
         }
         match put.send().await {
             Ok(_) => Ok(true),
-            Err(e) if e.as_service_error().is_some_and(|s| s.is_conditional_check_failed_exception()) => Ok(false),
+            Err(e)
+                if e.as_service_error()
+                    .is_some_and(|s| s.is_conditional_check_failed_exception()) =>
+            {
+                Ok(false)
+            }
             Err(e) => Err(classify(e)),
         }
     }
@@ -356,7 +403,10 @@ impl Ledger for DynamoLedger {
 
     async fn confirmed_units(&self, sale_id: &SaleId) -> Result<u64, LedgerError> {
         let item = self.get(sale_pk(sale_id), "SALE".into()).await?;
-        Ok(item.as_ref().and_then(|i| get_n(i, "confirmed")).unwrap_or(0))
+        Ok(item
+            .as_ref()
+            .and_then(|i| get_n(i, "confirmed"))
+            .unwrap_or(0))
     }
 
     async fn confirm(&self, req: &ConfirmRequest) -> Result<ConfirmOutcome, LedgerError> {
@@ -368,7 +418,10 @@ impl Ledger for DynamoLedger {
                 .chain_update(req.order.order_id.to_string())
                 .chain_update(req.attempt.to_le_bytes())
                 .finalize();
-            digest[..16].iter().map(|b| format!("{b:02x}")).collect::<String>()
+            digest[..16]
+                .iter()
+                .map(|b| format!("{b:02x}"))
+                .collect::<String>()
         };
         let items = self.items(req)?;
         let mut backoff = Duration::from_millis(5);
@@ -408,7 +461,10 @@ impl Ledger for DynamoLedger {
                 None if retryable_conflict => {}
                 None => return Err(classify(err)),
             }
-            tokio::time::sleep(backoff + Duration::from_millis(rand_jitter(backoff.as_millis() as u64))).await;
+            tokio::time::sleep(
+                backoff + Duration::from_millis(rand_jitter(backoff.as_millis() as u64)),
+            )
+            .await;
             backoff = (backoff * 2).min(Duration::from_millis(200));
         }
         Err(LedgerError::Definite("transaction kept conflicting".into()))
@@ -432,12 +488,17 @@ impl Ledger for DynamoLedger {
             .await;
         match result {
             Ok(_) => Ok(HoldTruth::Voided),
-            Err(e) if e.as_service_error().is_some_and(|s| s.is_conditional_check_failed_exception()) => {
+            Err(e)
+                if e.as_service_error()
+                    .is_some_and(|s| s.is_conditional_check_failed_exception()) =>
+            {
                 let item = self.get(pk, sk).await?;
                 item.as_ref()
                     .and_then(order_from_item)
                     .map(HoldTruth::Confirmed)
-                    .ok_or_else(|| LedgerError::Uncertain("order changed while resolving its hold".into()))
+                    .ok_or_else(|| {
+                        LedgerError::Uncertain("order changed while resolving its hold".into())
+                    })
             }
             Err(e) => Err(classify(e)),
         }
@@ -445,28 +506,42 @@ impl Ledger for DynamoLedger {
 
     async fn order(&self, order_id: &OrderId, user_id: &str) -> Result<Option<Order>, LedgerError> {
         let item = self
-            .get(sale_pk(&order_id.sale_id), order_sk(user_id, &order_id.hold_id))
+            .get(
+                sale_pk(&order_id.sale_id),
+                order_sk(user_id, &order_id.hold_id),
+            )
             .await?;
         Ok(item.as_ref().and_then(order_from_item))
     }
 
-    async fn user_orders(&self, user_id: &str, sale_id: Option<&SaleId>) -> Result<Vec<Order>, LedgerError> {
+    async fn user_orders(
+        &self,
+        user_id: &str,
+        sale_id: Option<&SaleId>,
+    ) -> Result<Vec<Order>, LedgerError> {
         let items = match sale_id {
             Some(sale) => {
                 self.query_all(
                     None,
                     "pk = :pk AND begins_with(sk, :prefix)",
-                    vec![(":pk", s(sale_pk(sale))), (":prefix", s(format!("ORDER#{user_id}#")))],
+                    vec![
+                        (":pk", s(sale_pk(sale))),
+                        (":prefix", s(format!("ORDER#{user_id}#"))),
+                    ],
                 )
                 .await?
             }
             None => {
-                self.query_all(Some("by_user"), "user_id = :user", vec![(":user", s(user_id))])
-                    .await?
+                self.query_all(
+                    Some("by_user"),
+                    "user_id = :user",
+                    vec![(":user", s(user_id))],
+                )
+                .await?
             }
         };
         let mut orders: Vec<Order> = items.iter().filter_map(order_from_item).collect();
-        orders.sort_by(|a, b| a.created_at.cmp(&b.created_at));
+        orders.sort_by_key(|o| o.created_at);
         Ok(orders)
     }
 

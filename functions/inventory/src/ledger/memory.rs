@@ -39,7 +39,11 @@ impl MemoryLedger {
 }
 
 fn order_key(o: &Order) -> (SaleId, String, HoldId) {
-    (o.sale_id().clone(), o.user_id.clone(), o.order_id.hold_id.clone())
+    (
+        o.sale_id().clone(),
+        o.user_id.clone(),
+        o.order_id.hold_id.clone(),
+    )
 }
 
 #[async_trait]
@@ -66,16 +70,28 @@ impl Ledger for MemoryLedger {
         let o = &req.order;
         let key = order_key(o);
         match state.orders.get(&key) {
-            Some(Entry::Confirmed(existing)) => return Ok(ConfirmOutcome::AlreadyConfirmed(existing.clone())),
-            Some(Entry::Void { attempt }) if *attempt == req.attempt => return Ok(ConfirmOutcome::Voided),
+            Some(Entry::Confirmed(existing)) => {
+                return Ok(ConfirmOutcome::AlreadyConfirmed(existing.clone()))
+            }
+            Some(Entry::Void { attempt }) if *attempt == req.attempt => {
+                return Ok(ConfirmOutcome::Voided)
+            }
             _ => {}
         }
         if let Some(k) = &o.idempotency_key {
             if let Some(other) = state.keys.get(&(o.user_id.clone(), k.clone())) {
-                let other_key = (other.sale_id.clone(), o.user_id.clone(), other.hold_id.clone());
+                let other_key = (
+                    other.sale_id.clone(),
+                    o.user_id.clone(),
+                    other.hold_id.clone(),
+                );
                 return match state.orders.get(&other_key) {
-                    Some(Entry::Confirmed(existing)) => Ok(ConfirmOutcome::KeyUsed(existing.clone())),
-                    _ => Err(LedgerError::Definite("idempotency record names no order".into())),
+                    Some(Entry::Confirmed(existing)) => {
+                        Ok(ConfirmOutcome::KeyUsed(existing.clone()))
+                    }
+                    _ => Err(LedgerError::Definite(
+                        "idempotency record names no order".into(),
+                    )),
                 };
             }
         }
@@ -87,7 +103,9 @@ impl Ledger for MemoryLedger {
             return Ok(ConfirmOutcome::SoldOut);
         }
         let user_key = (o.sale_id().clone(), o.user_id.clone());
-        if state.user_units.get(&user_key).copied().unwrap_or(0) + qty > u64::from(req.per_user_limit) {
+        if state.user_units.get(&user_key).copied().unwrap_or(0) + qty
+            > u64::from(req.per_user_limit)
+        {
             return Ok(ConfirmOutcome::LimitReached);
         }
         if let Some((_, confirmed)) = state.sales.get_mut(o.sale_id()) {
@@ -96,7 +114,9 @@ impl Ledger for MemoryLedger {
         *state.user_units.entry(user_key).or_default() += qty;
         state.orders.insert(key, Entry::Confirmed(o.clone()));
         if let Some(k) = &o.idempotency_key {
-            state.keys.insert((o.user_id.clone(), k.clone()), o.order_id.clone());
+            state
+                .keys
+                .insert((o.user_id.clone(), k.clone()), o.order_id.clone());
         }
         Ok(ConfirmOutcome::Confirmed(o.clone()))
     }
@@ -107,29 +127,46 @@ impl Ledger for MemoryLedger {
         if let Some(Entry::Confirmed(order)) = state.orders.get(&key) {
             return Ok(HoldTruth::Confirmed(order.clone()));
         }
-        state.orders.insert(key, Entry::Void { attempt: hold.expires_ms });
+        state.orders.insert(
+            key,
+            Entry::Void {
+                attempt: hold.expires_ms,
+            },
+        );
         Ok(HoldTruth::Voided)
     }
 
     async fn order(&self, order_id: &OrderId, user_id: &str) -> Result<Option<Order>, LedgerError> {
-        let key = (order_id.sale_id.clone(), user_id.to_owned(), order_id.hold_id.clone());
+        let key = (
+            order_id.sale_id.clone(),
+            user_id.to_owned(),
+            order_id.hold_id.clone(),
+        );
         Ok(match self.state().orders.get(&key) {
             Some(Entry::Confirmed(o)) => Some(o.clone()),
             _ => None,
         })
     }
 
-    async fn user_orders(&self, user_id: &str, sale_id: Option<&SaleId>) -> Result<Vec<Order>, LedgerError> {
+    async fn user_orders(
+        &self,
+        user_id: &str,
+        sale_id: Option<&SaleId>,
+    ) -> Result<Vec<Order>, LedgerError> {
         let mut orders: Vec<Order> = self
             .state()
             .orders
             .values()
             .filter_map(|e| match e {
-                Entry::Confirmed(o) if o.user_id == user_id && sale_id.is_none_or(|s| s == o.sale_id()) => Some(o.clone()),
+                Entry::Confirmed(o)
+                    if o.user_id == user_id && sale_id.is_none_or(|s| s == o.sale_id()) =>
+                {
+                    Some(o.clone())
+                }
                 _ => None,
             })
             .collect();
-        orders.sort_by(|a, b| a.created_at.cmp(&b.created_at));
+        orders.sort_by_key(|o| o.created_at);
         Ok(orders)
     }
 

@@ -76,7 +76,11 @@ pub trait Ledger: Send + Sync + 'static {
     /// A confirmed order of this user (someone else's is `None`).
     async fn order(&self, order_id: &OrderId, user_id: &str) -> Result<Option<Order>, LedgerError>;
     /// A user's confirmed orders, in one sale or in all.
-    async fn user_orders(&self, user_id: &str, sale_id: Option<&SaleId>) -> Result<Vec<Order>, LedgerError>;
+    async fn user_orders(
+        &self,
+        user_id: &str,
+        sale_id: Option<&SaleId>,
+    ) -> Result<Vec<Order>, LedgerError>;
     /// Every confirmed order of a sale: for rebuilds, reconciliation, audits.
     async fn sale_orders(&self, sale_id: &SaleId) -> Result<Vec<Order>, LedgerError>;
     async fn ready(&self) -> Result<(), String>;

@@ -14,7 +14,8 @@ use inventory::sale::SaleDefinition;
 pub fn settings() -> common::config::Settings {
     let mut s = common::config::Settings::memory();
     s.redis_url = std::env::var("REDIS_URL").unwrap_or_else(|_| "redis://127.0.0.1:6379".into());
-    s.dynamodb_endpoint = Some(std::env::var("DYNAMODB_ENDPOINT").unwrap_or_else(|_| "http://127.0.0.1:8000".into()));
+    s.dynamodb_endpoint =
+        Some(std::env::var("DYNAMODB_ENDPOINT").unwrap_or_else(|_| "http://127.0.0.1:8000".into()));
     s.store = common::config::StoreMode::Aws;
     s
 }
@@ -23,13 +24,19 @@ pub async fn redis_gate() -> Arc<dyn StockGate> {
     let s = settings();
     let conn = common::backends::redis(&s).expect("REDIS_URL is a valid URL");
     if let Err(e) = common::backends::redis_ping(&conn).await {
-        panic!("Redis is not reachable at {} ({e}); start it with `just backends`", s.redis_url);
+        panic!(
+            "Redis is not reachable at {} ({e}); start it with `just backends`",
+            s.redis_url
+        );
     }
     Arc::new(RedisGate::new(conn))
 }
 
 pub async fn gates() -> Vec<(&'static str, Arc<dyn StockGate>)> {
-    vec![("memory", Arc::new(MemoryGate::default())), ("redis", redis_gate().await)]
+    vec![
+        ("memory", Arc::new(MemoryGate::default())),
+        ("redis", redis_gate().await),
+    ]
 }
 
 /// A DynamoDB Local ledger on a table of its own, so test runs never meet.
@@ -48,14 +55,25 @@ pub async fn dynamo_ledger() -> Arc<dyn Ledger> {
 }
 
 pub async fn ledgers() -> Vec<(&'static str, Arc<dyn Ledger>)> {
-    vec![("memory", Arc::new(MemoryLedger::default())), ("dynamodb", dynamo_ledger().await)]
+    vec![
+        ("memory", Arc::new(MemoryLedger::default())),
+        ("dynamodb", dynamo_ledger().await),
+    ]
 }
 
 /// A live sale with a unique id.
 pub fn sale(stock: i64, limit: i64) -> SaleDefinition {
     let id = format!("t-{}", ulid::Ulid::new());
-    SaleDefinition::new(&id, "Test sale", stock, Some(limit), None, None, Utc::now() - chrono::Duration::hours(1))
-        .expect("valid test sale")
+    SaleDefinition::new(
+        &id,
+        "Test sale",
+        stock,
+        Some(limit),
+        None,
+        None,
+        Utc::now() - chrono::Duration::hours(1),
+    )
+    .expect("valid test sale")
 }
 
 pub fn user() -> String {
