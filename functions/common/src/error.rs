@@ -26,8 +26,6 @@ pub enum ApiError {
     MethodNotAllowed,
     #[error("missing, expired or invalid credentials")]
     Unauthorized,
-    #[error("this call needs the admin token")]
-    Forbidden,
     #[error("wrong username or password")]
     InvalidCredentials,
     #[error("too many failed attempts; try again later")]
@@ -84,7 +82,6 @@ impl ApiError {
             RouteNotFound => (StatusCode::NOT_FOUND, "not_found"),
             MethodNotAllowed => (StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed"),
             Unauthorized => (StatusCode::UNAUTHORIZED, "unauthorized"),
-            Forbidden => (StatusCode::FORBIDDEN, "forbidden"),
             InvalidCredentials => (StatusCode::UNAUTHORIZED, "invalid_credentials"),
             TooManyAttempts { .. } => (StatusCode::TOO_MANY_REQUESTS, "too_many_attempts"),
             RateLimited { .. } => (StatusCode::TOO_MANY_REQUESTS, "rate_limited"),
