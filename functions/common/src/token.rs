@@ -144,6 +144,7 @@ impl TokenSigner {
             keys: vec![(self.kid.clone(), self.key.verifying_key())],
             issuer: self.issuer.clone(),
             audience: self.audience.clone(),
+            verified: Default::default(),
         }
     }
 
@@ -186,12 +187,20 @@ impl TokenSigner {
 }
 
 /// Verifies tokens locally. Every function has one.
+///
+/// A stampede presents the same few thousand tokens over and over, and an
+/// Ed25519 verification costs tens of microseconds, so tokens that verified
+/// are remembered (bounded; expiry is still checked on every use).
 #[derive(Clone)]
 pub struct TokenVerifier {
     keys: Vec<(String, VerifyingKey)>,
     issuer: String,
     audience: String,
+    verified: std::sync::Arc<std::sync::RwLock<std::collections::HashMap<Box<str>, Claims>>>,
 }
+
+/// How many verified tokens are remembered before the memory starts afresh.
+const VERIFIED_CACHE_SIZE: usize = 100_000;
 
 impl std::fmt::Debug for TokenVerifier {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -231,7 +240,34 @@ impl TokenVerifier {
             keys,
             issuer: issuer.to_owned(),
             audience: audience.to_owned(),
+            verified: Default::default(),
         })
+    }
+
+    /// Like [`verify`](Self::verify), remembering tokens that verified.
+    pub fn verify_cached(&self, token: &str, now: i64) -> Result<Claims, TokenError> {
+        let known = self.verified.read().ok().and_then(|m| m.get(token).cloned());
+        if let Some(claims) = known {
+            return Self::check_time(claims, now);
+        }
+        let claims = self.verify(token, now)?;
+        if let Ok(mut m) = self.verified.write() {
+            if m.len() >= VERIFIED_CACHE_SIZE {
+                m.clear();
+            }
+            m.insert(token.into(), claims.clone());
+        }
+        Ok(claims)
+    }
+
+    fn check_time(claims: Claims, now: i64) -> Result<Claims, TokenError> {
+        if claims.exp + LEEWAY_SECS <= now {
+            return Err(TokenError::Expired);
+        }
+        if claims.nbf.unwrap_or(claims.iat) - LEEWAY_SECS > now {
+            return Err(TokenError::NotYetValid);
+        }
+        Ok(claims)
     }
 
     pub fn verify(&self, token: &str, now: i64) -> Result<Claims, TokenError> {
@@ -278,16 +314,10 @@ impl TokenVerifier {
         if claims.iss != self.issuer || claims.aud != self.audience {
             return Err(TokenError::WrongIssuerOrAudience);
         }
-        if claims.exp + LEEWAY_SECS <= now {
-            return Err(TokenError::Expired);
-        }
-        if claims.nbf.unwrap_or(claims.iat) - LEEWAY_SECS > now {
-            return Err(TokenError::NotYetValid);
-        }
         if claims.sub.is_empty() {
             return Err(TokenError::Malformed);
         }
-        Ok(claims)
+        Self::check_time(claims, now)
     }
 }
 
@@ -441,6 +471,22 @@ mod tests {
     }
 
     #[test]
+    fn remembered_tokens_still_expire_and_forgeries_are_not_remembered() {
+        let s = signer();
+        let v = s.verifier();
+        let token = s.issue("u", NOW);
+        assert!(v.verify_cached(&token, NOW).is_ok());
+        assert!(v.verify_cached(&token, NOW + 1).is_ok(), "from memory");
+        assert_eq!(v.verify_cached(&token, NOW + 900 + LEEWAY_SECS), Err(TokenError::Expired));
+        let mut bytes = token.clone().into_bytes();
+        let i = bytes.len() - 10; // inside the signature
+        bytes[i] = if bytes[i] == b'A' { b'B' } else { b'A' };
+        let forged = String::from_utf8(bytes).unwrap();
+        assert!(v.verify_cached(&forged, NOW).is_err());
+        assert!(v.verify_cached(&forged, NOW).is_err(), "a failure is never remembered as a success");
+    }
+
+    #[test]
     fn jwks_publishes_the_verifying_key() {
         let s = signer();
         let jwks = s.jwks();
@@ -473,7 +519,7 @@ where
         let token =
             crate::http::bearer_token(&parts.headers).ok_or(crate::ApiError::Unauthorized)?;
         let now = chrono::Utc::now().timestamp();
-        match verifier.verify(token, now) {
+        match verifier.verify_cached(token, now) {
             Ok(claims) => Ok(AuthUser {
                 user_id: claims.sub,
             }),
