@@ -153,7 +153,17 @@ async fn access_log(req: Request, next: Next) -> Response {
         .and_then(|v| v.to_str().ok())
         .unwrap_or("-")
         .to_owned();
-    let span = tracing::info_span!("request", request_id = %request_id);
+    let span = tracing::info_span!(
+        "request",
+        request_id = %request_id,
+        k_service = tracing::field::Empty,
+        k_revision = tracing::field::Empty,
+    );
+    // Under Knative every line logged while serving says which revision served it.
+    if let Some((service, revision)) = knative_identity() {
+        span.record("k_service", service);
+        span.record("k_revision", revision);
+    }
     let response = tracing::Instrument::instrument(next.run(req), span.clone()).await;
     let status = response.status().as_u16();
     let elapsed = started.elapsed();
@@ -166,6 +176,21 @@ async fn access_log(req: Request, next: Next) -> Response {
         tracing::debug!(%method, route, status, latency_ms, "request");
     }
     response
+}
+
+/// `K_SERVICE` and `K_REVISION`, read once, when running under Knative.
+fn knative_identity() -> Option<(&'static str, &'static str)> {
+    static IDENTITY: std::sync::OnceLock<Option<(String, String)>> = std::sync::OnceLock::new();
+    IDENTITY
+        .get_or_init(|| {
+            let service = crate::config::var("K_SERVICE")?;
+            Some((
+                service,
+                crate::config::var("K_REVISION").unwrap_or_default(),
+            ))
+        })
+        .as_ref()
+        .map(|(s, r)| (s.as_str(), r.as_str()))
 }
 
 /// `GET /healthz`: `200 {"status":"ok"}` when the backends answer, else `503`.

@@ -246,7 +246,11 @@ impl TokenVerifier {
 
     /// Like [`verify`](Self::verify), remembering tokens that verified.
     pub fn verify_cached(&self, token: &str, now: i64) -> Result<Claims, TokenError> {
-        let known = self.verified.read().ok().and_then(|m| m.get(token).cloned());
+        let known = self
+            .verified
+            .read()
+            .ok()
+            .and_then(|m| m.get(token).cloned());
         if let Some(claims) = known {
             return Self::check_time(claims, now);
         }
@@ -477,13 +481,19 @@ mod tests {
         let token = s.issue("u", NOW);
         assert!(v.verify_cached(&token, NOW).is_ok());
         assert!(v.verify_cached(&token, NOW + 1).is_ok(), "from memory");
-        assert_eq!(v.verify_cached(&token, NOW + 900 + LEEWAY_SECS), Err(TokenError::Expired));
+        assert_eq!(
+            v.verify_cached(&token, NOW + 900 + LEEWAY_SECS),
+            Err(TokenError::Expired)
+        );
         let mut bytes = token.clone().into_bytes();
         let i = bytes.len() - 10; // inside the signature
         bytes[i] = if bytes[i] == b'A' { b'B' } else { b'A' };
         let forged = String::from_utf8(bytes).unwrap();
         assert!(v.verify_cached(&forged, NOW).is_err());
-        assert!(v.verify_cached(&forged, NOW).is_err(), "a failure is never remembered as a success");
+        assert!(
+            v.verify_cached(&forged, NOW).is_err(),
+            "a failure is never remembered as a success"
+        );
     }
 
     #[test]
