@@ -305,3 +305,44 @@ async fn concurrent_writes_never_exceed_the_stock() {
         );
     }
 }
+
+#[tokio::test]
+async fn a_burst_of_orders_all_fit_and_one_user_still_gets_one() {
+    for (name, ledger) in ledgers().await {
+        let s = sale(100, 1);
+        created(&ledger, &s).await;
+        let twice = user();
+        let mut writes = Vec::new();
+        for i in 0..60 {
+            let ledger = ledger.clone();
+            let s = s.clone();
+            // Two of them are the same user: only one may be confirmed.
+            let u = if i < 2 { twice.clone() } else { user() };
+            writes.push(tokio::spawn(async move {
+                ledger
+                    .confirm(&request(&s, &order(&s, &u, 1, None), 1))
+                    .await
+            }));
+        }
+        let mut confirmed = 0;
+        let mut limited = 0;
+        for w in writes {
+            match w.await.unwrap().unwrap() {
+                ConfirmOutcome::Confirmed(_) => confirmed += 1,
+                ConfirmOutcome::LimitReached => limited += 1,
+                other => panic!("{name}: {other:?}"),
+            }
+        }
+        assert_eq!((confirmed, limited), (59, 1), "{name}");
+        assert_eq!(
+            ledger.confirmed_units(&s.sale_id).await.unwrap(),
+            59,
+            "{name}"
+        );
+        assert_eq!(
+            ledger.sale_orders(&s.sale_id).await.unwrap().len(),
+            59,
+            "{name}"
+        );
+    }
+}

@@ -11,8 +11,11 @@
 //! used to list a user's orders across sales. Keeping a sale in one
 //! partition makes a rebuild one strongly consistent query.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
+
+use tokio::sync::oneshot;
 
 use async_trait::async_trait;
 use aws_sdk_dynamodb::config::http::HttpResponse;
@@ -34,9 +37,42 @@ type Item = HashMap<String, AttributeValue>;
 /// How often a transaction that lost a race on a hot item is retried.
 const CONFLICT_RETRIES: u32 = 12;
 
+/// Orders committed together at most: 1 sale item + 3 items per order stays
+/// within DynamoDB's 100 items per transaction.
+const MAX_BATCH: usize = 24;
+
+/// The ledger on DynamoDB. Cheap to clone.
+///
+/// Every order of a sale also updates the sale's `confirmed` counter, one hot
+/// item; concurrent transactions on it conflict, and one item takes only so
+/// many writes a second. So order writes are *group-committed*: per sale, one
+/// transaction is in flight at a time, and the orders that arrive meanwhile
+/// go together in the next one (one counter update for all of them). At low
+/// load a batch is a single order and nothing waits; under a stampede the
+/// batches grow and throughput with them.
+#[derive(Clone)]
 pub struct DynamoLedger {
+    inner: Arc<Inner>,
+}
+
+pub struct Inner {
     client: Client,
     table: String,
+    /// Orders waiting for the next transaction of their sale. A sale is in
+    /// the map exactly while a task is committing its orders.
+    queues: Mutex<HashMap<SaleId, Vec<Pending>>>,
+}
+
+struct Pending {
+    request: ConfirmRequest,
+    reply: oneshot::Sender<Result<ConfirmOutcome, LedgerError>>,
+}
+
+/// How a transaction ended, when DynamoDB answered.
+enum Transacted {
+    Committed,
+    /// A condition failed; the cancellation reason of each item, in order.
+    Refused(Vec<Option<String>>),
 }
 
 fn s(v: impl Into<String>) -> AttributeValue {
@@ -117,14 +153,26 @@ fn sale_from_item(sale_id: &SaleId, item: &Item) -> Option<SaleDefinition> {
     })
 }
 
+impl std::ops::Deref for DynamoLedger {
+    type Target = Inner;
+    fn deref(&self) -> &Inner {
+        &self.inner
+    }
+}
+
 impl DynamoLedger {
     pub fn new(client: Client, table: impl Into<String>) -> Self {
         Self {
-            client,
-            table: table.into(),
+            inner: Arc::new(Inner {
+                client,
+                table: table.into(),
+                queues: Mutex::default(),
+            }),
         }
     }
+}
 
+impl Inner {
     /// Creates the ledger table (and its `by_user` index) if it is absent.
     pub async fn migrate(&self) -> anyhow::Result<bool> {
         if common::backends::dynamodb_table_ready(&self.client, &self.table)
@@ -184,6 +232,20 @@ impl DynamoLedger {
                 DisplayErrorContext(e)
             )),
         }
+    }
+
+    async fn get_order(
+        &self,
+        order_id: &OrderId,
+        user_id: &str,
+    ) -> Result<Option<Order>, LedgerError> {
+        let item = self
+            .get(
+                sale_pk(&order_id.sale_id),
+                order_sk(user_id, &order_id.hold_id),
+            )
+            .await?;
+        Ok(item.as_ref().and_then(order_from_item))
     }
 
     async fn get(&self, pk: String, sk: String) -> Result<Option<Item>, LedgerError> {
@@ -261,20 +323,32 @@ impl DynamoLedger {
         put.build().map_err(build_error)
     }
 
-    fn items(&self, req: &ConfirmRequest) -> Result<Vec<TransactWriteItem>, LedgerError> {
-        let o = &req.order;
-        let pk = sale_pk(o.sale_id());
-        let qty = u64::from(o.quantity);
-        let sale_update = Update::builder()
+    /// `confirmed += qty` on the sale, only while that stays within the stock.
+    fn sale_update(
+        &self,
+        sale: &SaleId,
+        qty: u64,
+        stock_total: u64,
+    ) -> Result<Update, LedgerError> {
+        Update::builder()
             .table_name(&self.table)
-            .key("pk", s(&pk))
+            .key("pk", s(sale_pk(sale)))
             .key("sk", s("SALE"))
             .update_expression("SET confirmed = confirmed + :q")
             .condition_expression("attribute_exists(pk) AND confirmed <= :max_before")
             .expression_attribute_values(":q", n(qty))
-            .expression_attribute_values(":max_before", n(req.stock_total as i64 - qty as i64))
+            .expression_attribute_values(":max_before", n(stock_total as i64 - qty as i64))
             .build()
-            .map_err(build_error)?;
+            .map_err(build_error)
+    }
+
+    /// The items of one order's transaction, in the order `explain_cancel`
+    /// reads their cancellation reasons: order, sale, user, idempotency key.
+    fn items(&self, req: &ConfirmRequest) -> Result<Vec<TransactWriteItem>, LedgerError> {
+        let o = &req.order;
+        let pk = sale_pk(o.sale_id());
+        let qty = u64::from(o.quantity);
+        let sale_update = self.sale_update(o.sale_id(), qty, req.stock_total)?;
         let user_update = Update::builder()
             .table_name(&self.table)
             .key("pk", s(&pk))
@@ -341,7 +415,7 @@ impl DynamoLedger {
                     .and_then(|i| get_s(i, "order_id"))
                     .and_then(OrderId::parse);
                 if let Some(other) = other {
-                    if let Some(existing) = self.order(&other, &o.user_id).await? {
+                    if let Some(existing) = self.get_order(&other, &o.user_id).await? {
                         return Ok(Some(ConfirmOutcome::KeyUsed(existing)));
                     }
                 }
@@ -358,6 +432,171 @@ impl DynamoLedger {
         }
         Ok(None)
     }
+}
+
+impl Inner {
+    /// Commits the queued orders of one sale, batch after batch, until the
+    /// queue is empty.
+    async fn commit_queue(self: Arc<Self>, sale: SaleId) {
+        loop {
+            let batch = {
+                let mut queues = self.queues.lock().unwrap_or_else(|p| p.into_inner());
+                let Some(queue) = queues.get_mut(&sale) else {
+                    return;
+                };
+                if queue.is_empty() {
+                    queues.remove(&sale);
+                    return;
+                }
+                take_batch(queue)
+            };
+            let requests: Vec<ConfirmRequest> = batch.iter().map(|p| p.request.clone()).collect();
+            common::metrics::histogram("ledger_batch_orders")
+                .observe(Duration::from_millis(requests.len() as u64));
+            let outcomes = self.confirm_batch(&requests).await;
+            for (pending, outcome) in batch.into_iter().zip(outcomes) {
+                let _ = pending.reply.send(outcome);
+            }
+        }
+    }
+
+    async fn confirm_batch(
+        &self,
+        batch: &[ConfirmRequest],
+    ) -> Vec<Result<ConfirmOutcome, LedgerError>> {
+        if let [single] = batch {
+            return vec![self.confirm_one(single).await];
+        }
+        let items = match self.batch_items(batch) {
+            Ok(items) => items,
+            Err(e) => return batch.iter().map(|_| Err(e.clone())).collect(),
+        };
+        match self.transact(&client_token(batch), items).await {
+            Ok(Transacted::Committed) => batch
+                .iter()
+                .map(|r| Ok(ConfirmOutcome::Confirmed(r.order.clone())))
+                .collect(),
+            // Some order of the batch may not go through: nothing was
+            // written, so each is tried alone and gets its own answer.
+            Ok(Transacted::Refused(_)) => {
+                let mut outcomes = Vec::with_capacity(batch.len());
+                for request in batch {
+                    outcomes.push(self.confirm_one(request).await);
+                }
+                outcomes
+            }
+            Err(e) => batch.iter().map(|_| Err(e.clone())).collect(),
+        }
+    }
+
+    async fn confirm_one(&self, req: &ConfirmRequest) -> Result<ConfirmOutcome, LedgerError> {
+        match self
+            .transact(&client_token(std::slice::from_ref(req)), self.items(req)?)
+            .await?
+        {
+            Transacted::Committed => Ok(ConfirmOutcome::Confirmed(req.order.clone())),
+            Transacted::Refused(codes) => {
+                self.explain_cancel(req, &codes).await?.ok_or_else(|| {
+                    LedgerError::Definite("transaction refused for no stated reason".into())
+                })
+            }
+        }
+    }
+
+    /// One sale-counter update for the whole batch, then each order's items.
+    fn batch_items(&self, batch: &[ConfirmRequest]) -> Result<Vec<TransactWriteItem>, LedgerError> {
+        let first = &batch[0];
+        let total: u64 = batch.iter().map(|r| u64::from(r.order.quantity)).sum();
+        let mut items = vec![TransactWriteItem::builder()
+            .update(self.sale_update(first.order.sale_id(), total, first.stock_total)?)
+            .build()];
+        for req in batch {
+            let mut own = self.items(req)?;
+            own.remove(1); // each order's own sale update, replaced by the shared one
+            items.extend(own);
+        }
+        Ok(items)
+    }
+
+    /// Sends a transaction, retrying it while it only lost races on hot items.
+    async fn transact(
+        &self,
+        token: &str,
+        items: Vec<TransactWriteItem>,
+    ) -> Result<Transacted, LedgerError> {
+        let mut backoff = Duration::from_millis(5);
+        for _ in 0..CONFLICT_RETRIES {
+            let result = self
+                .client
+                .transact_write_items()
+                .client_request_token(token)
+                .set_transact_items(Some(items.clone()))
+                .send()
+                .await;
+            let err = match result {
+                Ok(_) => return Ok(Transacted::Committed),
+                Err(e) => e,
+            };
+            match err.as_service_error() {
+                Some(TransactWriteItemsError::TransactionCanceledException(c)) => {
+                    let codes: Vec<Option<String>> = c
+                        .cancellation_reasons()
+                        .iter()
+                        .map(|r| r.code().map(str::to_owned))
+                        .collect();
+                    if codes
+                        .iter()
+                        .any(|c| c.as_deref() == Some("ConditionalCheckFailed"))
+                    {
+                        return Ok(Transacted::Refused(codes));
+                    }
+                    // Cancelled with no failed condition: a conflict with a
+                    // concurrent transaction on the same item. Retry.
+                }
+                Some(TransactWriteItemsError::TransactionInProgressException(_)) => {}
+                _ => return Err(classify(err)),
+            }
+            common::metrics::counter("ledger_conflicts_total").inc();
+            tokio::time::sleep(
+                backoff + Duration::from_millis(rand_jitter(backoff.as_millis() as u64)),
+            )
+            .await;
+            backoff = (backoff * 2).min(Duration::from_millis(200));
+        }
+        Err(LedgerError::Definite("transaction kept conflicting".into()))
+    }
+}
+
+/// Takes up to [`MAX_BATCH`] orders off the queue, no two touching the same
+/// user's items (a transaction may name an item only once); the rest wait.
+fn take_batch(queue: &mut Vec<Pending>) -> Vec<Pending> {
+    let mut users = HashSet::new();
+    let mut batch = Vec::new();
+    let mut rest = Vec::new();
+    for pending in queue.drain(..) {
+        if batch.len() < MAX_BATCH && users.insert(pending.request.order.user_id.clone()) {
+            batch.push(pending);
+        } else {
+            rest.push(pending);
+        }
+    }
+    *queue = rest;
+    batch
+}
+
+/// Makes a retried transaction (by the SDK after a timeout, or by us)
+/// idempotent for ten minutes: the same orders can never be written twice.
+fn client_token(batch: &[ConfirmRequest]) -> String {
+    use sha2::{Digest, Sha256};
+    let mut digest = Sha256::new();
+    for req in batch {
+        digest.update(req.order.order_id.to_string());
+        digest.update(req.attempt.to_le_bytes());
+    }
+    digest.finalize()[..16]
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
 }
 
 #[async_trait]
@@ -410,64 +649,23 @@ impl Ledger for DynamoLedger {
     }
 
     async fn confirm(&self, req: &ConfirmRequest) -> Result<ConfirmOutcome, LedgerError> {
-        // The token makes a retried transaction (by the SDK after a timeout,
-        // or by us) idempotent for ten minutes: it can never write twice.
-        let token = {
-            use sha2::{Digest, Sha256};
-            let digest = Sha256::new()
-                .chain_update(req.order.order_id.to_string())
-                .chain_update(req.attempt.to_le_bytes())
-                .finalize();
-            digest[..16]
-                .iter()
-                .map(|b| format!("{b:02x}"))
-                .collect::<String>()
+        let (reply, answer) = oneshot::channel();
+        let sale = req.order.sale_id().clone();
+        let start_committer = {
+            let mut queues = self.queues.lock().unwrap_or_else(|p| p.into_inner());
+            let start = !queues.contains_key(&sale);
+            queues.entry(sale.clone()).or_default().push(Pending {
+                request: req.clone(),
+                reply,
+            });
+            start
         };
-        let items = self.items(req)?;
-        let mut backoff = Duration::from_millis(5);
-        for _ in 0..CONFLICT_RETRIES {
-            let result = self
-                .client
-                .transact_write_items()
-                .client_request_token(&token)
-                .set_transact_items(Some(items.clone()))
-                .send()
-                .await;
-            let err = match result {
-                Ok(_) => return Ok(ConfirmOutcome::Confirmed(req.order.clone())),
-                Err(e) => e,
-            };
-            let codes: Option<Vec<Option<String>>> = match err.as_service_error() {
-                Some(TransactWriteItemsError::TransactionCanceledException(c)) => Some(
-                    c.cancellation_reasons()
-                        .iter()
-                        .map(|r| r.code().map(str::to_owned))
-                        .collect(),
-                ),
-                _ => None,
-            };
-            let retryable_conflict = matches!(
-                err.as_service_error(),
-                Some(TransactWriteItemsError::TransactionInProgressException(_))
-            );
-            match codes {
-                Some(codes) => {
-                    if let Some(outcome) = self.explain_cancel(req, &codes).await? {
-                        return Ok(outcome);
-                    }
-                    // Cancelled without a failed condition: a conflict with
-                    // a concurrent transaction on the same hot item. Retry.
-                }
-                None if retryable_conflict => {}
-                None => return Err(classify(err)),
-            }
-            tokio::time::sleep(
-                backoff + Duration::from_millis(rand_jitter(backoff.as_millis() as u64)),
-            )
-            .await;
-            backoff = (backoff * 2).min(Duration::from_millis(200));
+        if start_committer {
+            tokio::spawn(self.inner.clone().commit_queue(sale));
         }
-        Err(LedgerError::Definite("transaction kept conflicting".into()))
+        answer
+            .await
+            .unwrap_or_else(|_| Err(LedgerError::Uncertain("ledger committer stopped".into())))
     }
 
     async fn resolve(&self, sale_id: &SaleId, hold: &Hold) -> Result<HoldTruth, LedgerError> {
@@ -505,13 +703,7 @@ impl Ledger for DynamoLedger {
     }
 
     async fn order(&self, order_id: &OrderId, user_id: &str) -> Result<Option<Order>, LedgerError> {
-        let item = self
-            .get(
-                sale_pk(&order_id.sale_id),
-                order_sk(user_id, &order_id.hold_id),
-            )
-            .await?;
-        Ok(item.as_ref().and_then(order_from_item))
+        self.get_order(order_id, user_id).await
     }
 
     async fn user_orders(
