@@ -59,16 +59,9 @@ impl DynamoUserStore {
 
     /// Creates the users table (partition key `username`) if it is absent.
     pub async fn migrate(&self) -> anyhow::Result<bool> {
-        if common::backends::dynamodb_table_ready(&self.client, &self.table)
-            .await
-            .is_ok()
-        {
-            return Ok(false);
-        }
-        let result = self
+        let create = self
             .client
             .create_table()
-            .table_name(&self.table)
             .billing_mode(BillingMode::PayPerRequest)
             .attribute_definitions(
                 AttributeDefinition::builder()
@@ -81,23 +74,8 @@ impl DynamoUserStore {
                     .attribute_name("username")
                     .key_type(KeyType::Hash)
                     .build()?,
-            )
-            .send()
-            .await;
-        match result {
-            Ok(_) => Ok(true),
-            Err(e)
-                if e.as_service_error()
-                    .is_some_and(|s| s.is_resource_in_use_exception()) =>
-            {
-                Ok(false)
-            }
-            Err(e) => Err(anyhow::anyhow!(
-                "create table {}: {}",
-                self.table,
-                DisplayErrorContext(e)
-            )),
-        }
+            );
+        common::backends::create_table_if_absent(&self.client, &self.table, create).await
     }
 }
 

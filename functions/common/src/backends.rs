@@ -80,3 +80,28 @@ pub async fn dynamodb_table_ready(
             )
         })
 }
+
+/// Sends a prepared `CreateTable` unless the table exists; `true` if it
+/// created it. Used by each function's `migrate`, for its own tables.
+pub async fn create_table_if_absent(
+    client: &aws_sdk_dynamodb::Client,
+    table: &str,
+    create: aws_sdk_dynamodb::operation::create_table::builders::CreateTableFluentBuilder,
+) -> anyhow::Result<bool> {
+    if dynamodb_table_ready(client, table).await.is_ok() {
+        return Ok(false);
+    }
+    match create.table_name(table).send().await {
+        Ok(_) => Ok(true),
+        Err(e)
+            if e.as_service_error()
+                .is_some_and(|s| s.is_resource_in_use_exception()) =>
+        {
+            Ok(false)
+        }
+        Err(e) => Err(anyhow::anyhow!(
+            "create table {table}: {}",
+            aws_sdk_dynamodb::error::DisplayErrorContext(e)
+        )),
+    }
+}

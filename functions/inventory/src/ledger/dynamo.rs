@@ -175,12 +175,6 @@ impl DynamoLedger {
 impl Inner {
     /// Creates the ledger table (and its `by_user` index) if it is absent.
     pub async fn migrate(&self) -> anyhow::Result<bool> {
-        if common::backends::dynamodb_table_ready(&self.client, &self.table)
-            .await
-            .is_ok()
-        {
-            return Ok(false);
-        }
         let attr = |name: &str| {
             AttributeDefinition::builder()
                 .attribute_name(name)
@@ -193,10 +187,9 @@ impl Inner {
                 .key_type(kind)
                 .build()
         };
-        let result = self
+        let create = self
             .client
             .create_table()
-            .table_name(&self.table)
             .billing_mode(BillingMode::PayPerRequest)
             .attribute_definitions(attr("pk")?)
             .attribute_definitions(attr("sk")?)
@@ -215,23 +208,8 @@ impl Inner {
                             .build(),
                     )
                     .build()?,
-            )
-            .send()
-            .await;
-        match result {
-            Ok(_) => Ok(true),
-            Err(e)
-                if e.as_service_error()
-                    .is_some_and(|s| s.is_resource_in_use_exception()) =>
-            {
-                Ok(false)
-            }
-            Err(e) => Err(anyhow::anyhow!(
-                "create table {}: {}",
-                self.table,
-                DisplayErrorContext(e)
-            )),
-        }
+            );
+        common::backends::create_table_if_absent(&self.client, &self.table, create).await
     }
 
     async fn get_order(
