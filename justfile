@@ -4,6 +4,8 @@
 set shell := ["bash", "-euo", "pipefail", "-c"]
 
 import 'infra/deploy.just'
+import 'infra/chaos/chaos.just'
+import 'load/load.just'
 
 export REDIS_URL := env("REDIS_URL", "redis://127.0.0.1:6379")
 export DYNAMODB_ENDPOINT := env("DYNAMODB_ENDPOINT", "http://127.0.0.1:8000")

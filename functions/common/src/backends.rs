@@ -55,11 +55,12 @@ pub fn redis(settings: &Settings) -> redis::RedisResult<redis::aio::ConnectionMa
 /// `PING`, for readiness checks.
 pub async fn redis_ping(conn: &redis::aio::ConnectionManager) -> Result<(), String> {
     let mut conn = conn.clone();
-    redis::cmd("PING")
-        .query_async::<String>(&mut conn)
-        .await
-        .map(|_| ())
-        .map_err(|e| format!("redis: {e}"))
+    let mut result = redis::cmd("PING").query_async::<String>(&mut conn).await;
+    if result.as_ref().is_err_and(|e| e.is_connection_dropped()) {
+        // The first command after a Redis restart meets the dead connection.
+        result = redis::cmd("PING").query_async::<String>(&mut conn).await;
+    }
+    result.map(|_| ()).map_err(|e| format!("redis: {e}"))
 }
 
 /// `DescribeTable`, for readiness checks and `migrate`.

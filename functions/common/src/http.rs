@@ -29,6 +29,9 @@ use crate::metrics;
 /// The contract's request body limit.
 pub const MAX_BODY_BYTES: usize = 16 * 1024;
 
+/// How long a client may take to send its (at most 16 KiB) body.
+pub const BODY_READ_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
+
 pub static REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 
 /// A JSON body that fails the way the contract says: `400 invalid_request`
@@ -91,9 +94,15 @@ impl HttpOptions {
 pub fn with_common_layers(router: Router, options: &HttpOptions) -> Router {
     let permits = Arc::new(Semaphore::new(options.max_in_flight.max(1)));
     router
+        .route("/openapi.yaml", axum::routing::get(openapi))
         .fallback(|| async { ApiError::RouteNotFound })
         .method_not_allowed_fallback(|| async { ApiError::MethodNotAllowed })
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
+        // A body that trickles in (or never comes) must not hold an
+        // in-flight slot for ever.
+        .layer(tower_http::timeout::RequestBodyTimeoutLayer::new(
+            BODY_READ_TIMEOUT,
+        ))
         .layer(middleware::from_fn(move |req, next| {
             shed_and_limit(permits.clone(), req, next)
         }))
@@ -108,6 +117,14 @@ pub fn with_common_layers(router: Router, options: &HttpOptions) -> Router {
         .layer(middleware::from_fn(access_log))
         .layer(PropagateRequestIdLayer::new(REQUEST_ID.clone()))
         .layer(SetRequestIdLayer::new(REQUEST_ID.clone(), MakeUlid))
+}
+
+/// The whole public contract as OpenAPI 3 (`infra/openapi/openapi.yaml`),
+/// served by every function; schemathesis tests the code against it.
+pub const OPENAPI_YAML: &str = include_str!("../../../infra/openapi/openapi.yaml");
+
+async fn openapi() -> impl IntoResponse {
+    ([(header::CONTENT_TYPE, "application/yaml")], OPENAPI_YAML)
 }
 
 /// Rejects early what no handler should see: too many requests at once, or a
@@ -379,6 +396,23 @@ mod tests {
         assert_eq!(json["error"]["code"], "overloaded");
         assert_eq!(headers["retry-after"], "1");
         assert_eq!(slow.await.unwrap().0, StatusCode::OK);
+    }
+
+    #[tokio::test]
+    async fn the_openapi_document_is_served() {
+        let req = http::Request::get("/openapi.yaml")
+            .body(Body::empty())
+            .unwrap();
+        let response = app(8).oneshot(req).await.unwrap();
+        assert_eq!(response.status(), StatusCode::OK);
+        let bytes = response.into_body().collect().await.unwrap().to_bytes();
+        let text = String::from_utf8(bytes.to_vec()).unwrap();
+        assert!(
+            text.starts_with("openapi: 3") || text.contains("\nopenapi: 3"),
+            "{}",
+            &text[..80.min(text.len())]
+        );
+        assert!(text.contains("/orders"));
     }
 
     #[test]

@@ -46,10 +46,26 @@ pub async fn serve_on(
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
     tracing::info!(addr = %listener.local_addr()?, "listening");
-    axum::serve(listener, router)
-        .with_graceful_shutdown(shutdown)
-        .await?;
-    tracing::info!("stopped: in-flight requests finished");
+    let grace = std::time::Duration::from_secs(parsed_or("SHUTDOWN_GRACE_SECONDS", 20u64)?);
+    let (signalled, mut on_signal) = tokio::sync::watch::channel(false);
+    let server = axum::serve(listener, router).with_graceful_shutdown(async move {
+        shutdown.await;
+        let _ = signalled.send(true);
+    });
+    // Drain in-flight requests, but not for ever: a client that never
+    // finishes its request must not keep the process alive past the
+    // platform's grace period.
+    let deadline = async move {
+        let _ = on_signal.wait_for(|s| *s).await;
+        tokio::time::sleep(grace).await;
+    };
+    tokio::select! {
+        result = server => {
+            result?;
+            tracing::info!("stopped: in-flight requests finished");
+        }
+        _ = deadline => tracing::warn!(?grace, "stopped: grace period over with requests still open"),
+    }
     Ok(())
 }
 

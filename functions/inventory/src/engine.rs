@@ -13,9 +13,11 @@
 //!
 //! Nothing here needs an always-on process: expired holds are swept lazily
 //! by the requests that touch a sale (and by `reconcile`), so functions can
-//! scale to zero. Bound: a hold lapses `hold_ttl` after it was taken, and is
-//! resolved by the first stock view or checkout of that sale after that
-//! (within `sweep_interval` while traffic flows), or by `reconcile`.
+//! scale to zero. Bound: a hold lapses `hold_ttl` after it was taken; the
+//! first stock view or checkout of that sale after that starts a sweep that
+//! resolves it (at most one sweep per `sweep_interval` per instance), or
+//! `reconcile` does. A checkout whose ledger answer was lost resolves its own
+//! hold `ledger_timeout` later, without waiting for it to lapse.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, RwLock};
@@ -137,6 +139,8 @@ struct Inner {
     /// Sold-out answers given from memory until the instant stored.
     sold_out: RwLock<HashMap<SaleId, Instant>>,
     last_sweep: Mutex<HashMap<SaleId, Instant>>,
+    /// Sales with a background sweep running now (one at a time per sale).
+    sweeping: Mutex<std::collections::HashSet<SaleId>>,
     last_reconcile: Mutex<HashMap<SaleId, Instant>>,
     rebuilding: tokio::sync::Mutex<()>,
 }
@@ -172,6 +176,7 @@ impl Inventory {
                 unknown: Mutex::default(),
                 sold_out: RwLock::default(),
                 last_sweep: Mutex::default(),
+                sweeping: Mutex::default(),
                 last_reconcile: Mutex::default(),
                 rebuilding: tokio::sync::Mutex::new(()),
             }),
@@ -240,25 +245,21 @@ impl Inventory {
         match self.inner.ledger.sale(sale_id).await? {
             Some(sale) => Ok(self.cache(sale)),
             None => {
-                lock(&self.inner.unknown).insert(sale_id.clone(), Instant::now());
+                let mut unknown = lock(&self.inner.unknown);
+                if unknown.len() >= 10_000 {
+                    unknown.retain(|_, seen| seen.elapsed() < Duration::from_secs(1));
+                }
+                unknown.insert(sale_id.clone(), Instant::now());
                 Err(InventoryError::SaleNotFound)
             }
         }
     }
 
-    /// The public sale view, with live stock. Sweeps lapsed holds first, so
-    /// the stock it shows already includes units that came back.
+    /// The public sale view, with live stock. Also starts a sweep of lapsed
+    /// holds (in the background: a view never waits on the ledger).
     pub async fn view(&self, sale_id: &SaleId) -> Result<SaleView> {
         let sale = self.definition(sale_id).await?;
-        if due(
-            &self.inner.last_sweep,
-            sale_id,
-            self.inner.config.sweep_interval,
-        ) {
-            if let Err(e) = self.sweep(sale_id).await {
-                tracing::warn!(%sale_id, error = %e, "sweep failed");
-            }
-        }
+        self.sweep_in_background(sale_id);
         let snapshot = self.snapshot_or_rebuild(&sale).await?;
         Ok(sale.view(snapshot.remaining.max(0) as u64, Utc::now()))
     }
@@ -397,13 +398,11 @@ impl Inventory {
                 return Err(InventoryError::Unavailable(problem));
             }
             Ok(Err(crate::ledger::LedgerError::Uncertain(problem))) => {
-                // The order may exist. Keep the hold: the sweeper will ask
-                // the ledger once it lapses, and settle or release for real.
-                common::metrics::counter("checkouts_uncertain_total").inc();
+                self.resolve_later(&sale.sale_id, hold);
                 return Err(InventoryError::Unavailable(problem));
             }
             Err(_elapsed) => {
-                common::metrics::counter("checkouts_uncertain_total").inc();
+                self.resolve_later(&sale.sale_id, hold);
                 return Err(InventoryError::Unavailable("ledger write timed out".into()));
             }
         };
@@ -495,12 +494,14 @@ impl Inventory {
     ) -> Result<Option<HoldState>> {
         let deadline =
             Instant::now() + self.inner.config.ledger_timeout + Duration::from_millis(500);
+        let mut pause = Duration::from_millis(10);
         loop {
             let state = self.inner.gate.lookup(sale_id, hold_id).await?;
             if !matches!(state, Some(HoldState::Held(_))) || Instant::now() >= deadline {
                 return Ok(state);
             }
-            tokio::time::sleep(Duration::from_millis(15)).await;
+            tokio::time::sleep(pause).await;
+            pause = (pause * 2).min(Duration::from_millis(250));
         }
     }
 
@@ -554,32 +555,26 @@ impl Inventory {
 
     // ------------------------------------------------------------ upkeep
 
-    /// Resolves every lapsed hold of a sale by asking the ledger.
+    /// Resolves every lapsed hold of a sale by asking the ledger, a few at
+    /// a time.
     pub async fn sweep(&self, sale_id: &SaleId) -> Result<SweepReport> {
-        let inner = &self.inner;
+        use futures::StreamExt;
+        let expired = self.inner.gate.expired(sale_id, now_ms(), 500).await?;
+        let outcomes: Vec<Result<HoldTruth>> = futures::stream::iter(expired)
+            .map(|hold| async move { self.resolve_hold(sale_id, &hold).await })
+            .buffer_unordered(32)
+            .collect()
+            .await;
         let mut report = SweepReport::default();
-        let expired = inner.gate.expired(sale_id, now_ms(), 500).await?;
-        for hold in expired {
-            match inner.ledger.resolve(sale_id, &hold).await {
-                Ok(HoldTruth::Confirmed(_)) => {
-                    inner
-                        .gate
-                        .settle(sale_id, std::slice::from_ref(&hold))
-                        .await?;
-                    report.settled += 1;
-                }
-                Ok(HoldTruth::Voided) => {
-                    inner.gate.release(sale_id, &hold).await?;
-                    report.released += 1;
-                }
+        for outcome in outcomes {
+            match outcome {
+                Ok(HoldTruth::Confirmed(_)) => report.settled += 1,
+                Ok(HoldTruth::Voided) => report.released += 1,
                 Err(e) => {
                     tracing::warn!(%sale_id, error = %e, "could not resolve a lapsed hold");
                     report.unresolved += 1;
                 }
             }
-        }
-        if report.released > 0 {
-            self.clear_sold_out(sale_id);
         }
         if report != SweepReport::default() {
             common::metrics::counter("holds_expired_total").add(report.settled + report.released);
@@ -588,6 +583,43 @@ impl Inventory {
         Ok(report)
     }
 
+    /// Asks the ledger what became of a hold (voiding it unless its order
+    /// is there) and ends the hold in the gate accordingly.
+    async fn resolve_hold(&self, sale_id: &SaleId, hold: &Hold) -> Result<HoldTruth> {
+        let truth = self.inner.ledger.resolve(sale_id, hold).await?;
+        match truth {
+            HoldTruth::Confirmed(_) => {
+                self.inner
+                    .gate
+                    .settle(sale_id, std::slice::from_ref(hold))
+                    .await?;
+            }
+            HoldTruth::Voided => {
+                if self.inner.gate.release(sale_id, hold).await? {
+                    self.clear_sold_out(sale_id);
+                }
+            }
+        }
+        Ok(truth)
+    }
+
+    /// After an answer we could not trust, find the truth soon rather than
+    /// when the hold lapses: wait out the write that may still be in flight,
+    /// then resolve. (If this process dies first, the sweeper does it.)
+    fn resolve_later(&self, sale_id: &SaleId, hold: Hold) {
+        common::metrics::counter("checkouts_uncertain_total").inc();
+        let this = self.clone();
+        let sale_id = sale_id.clone();
+        tokio::spawn(async move {
+            tokio::time::sleep(this.inner.config.ledger_timeout).await;
+            if let Err(e) = this.resolve_hold(&sale_id, &hold).await {
+                tracing::warn!(%sale_id, error = %e, "early resolve failed; the sweeper will retry");
+            }
+        });
+    }
+
+    /// Starts a sweep of the sale unless one ran within `sweep_interval` or
+    /// one is still running in this process.
     fn sweep_in_background(&self, sale_id: &SaleId) {
         if !due(
             &self.inner.last_sweep,
@@ -596,12 +628,16 @@ impl Inventory {
         ) {
             return;
         }
+        if !lock(&self.inner.sweeping).insert(sale_id.clone()) {
+            return;
+        }
         let this = self.clone();
         let sale_id = sale_id.clone();
         tokio::spawn(async move {
             if let Err(e) = this.sweep(&sale_id).await {
                 tracing::warn!(%sale_id, error = %e, "background sweep failed");
             }
+            lock(&this.inner.sweeping).remove(&sale_id);
         });
     }
 

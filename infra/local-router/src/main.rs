@@ -160,6 +160,17 @@ async fn main() -> anyhow::Result<()> {
             }
         }
     });
+    // Its own answers (unknown route, upstream down) carry a request id too;
+    // forwarded ones keep the id the function echoes.
+    let request_id = http::HeaderName::from_static("x-request-id");
+    let app = app
+        .layer(tower_http::request_id::PropagateRequestIdLayer::new(
+            request_id.clone(),
+        ))
+        .layer(tower_http::request_id::SetRequestIdLayer::new(
+            request_id,
+            tower_http::request_id::MakeRequestUuid,
+        ));
     let listener = tokio::net::TcpListener::bind(cli.listen).await?;
     common::serve::serve_on(listener, app, common::serve::shutdown_signal()).await
 }

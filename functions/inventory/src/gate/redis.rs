@@ -41,10 +41,17 @@ impl RedisGate {
             invocation.arg(arg);
         }
         let mut conn = self.conn.clone();
-        invocation
-            .invoke_async(&mut conn)
-            .await
-            .map_err(|e| GateError(e.to_string()))
+        match invocation.invoke_async(&mut conn).await {
+            Ok(v) => Ok(v),
+            // A connection that died with a Redis restart fails the first
+            // command sent on it; the manager has reconnected by now. The
+            // command never reached Redis, so sending it again is safe.
+            Err(e) if e.is_connection_dropped() || e.is_connection_refusal() => invocation
+                .invoke_async(&mut conn)
+                .await
+                .map_err(|e| GateError(e.to_string())),
+            Err(e) => Err(GateError(e.to_string())),
+        }
     }
 }
 
