@@ -145,7 +145,15 @@ async fn main() -> anyhow::Result<()> {
         Upstreams::Embedded(Arc::new(embedded_routers().await?))
     } else {
         Upstreams::Proxy {
-            client: Box::new(Client::builder(TokioExecutor::new()).build_http()),
+            // No pooled connections: a function closes a connection whose
+            // request body it did not read (a 405, a 415), and a pooled
+            // client would race that close and fail the *next* request.
+            // A fresh loopback connection per request costs microseconds.
+            client: Box::new(
+                Client::builder(TokioExecutor::new())
+                    .pool_max_idle_per_host(0)
+                    .build_http(),
+            ),
             bases: Arc::new(
                 [cli.auth, cli.stock, cli.order].map(|b| b.trim_end_matches('/').to_owned()),
             ),
