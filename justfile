@@ -35,12 +35,13 @@ install:
 backends:
     infra/local/stack.sh backends
 
-# Every test: format, lints, unit, conformance and system tests on real Redis + DynamoDB Local, manifest validation
+# Every test: format, lints, unit, conformance and system tests on real Redis + DynamoDB Local, manifest validation, the bounded chaos/abuse/OpenAPI suite
 test: backends
     cargo fmt --all -- --check
     cargo clippy --workspace --all-targets -- -D warnings
     cargo test --workspace
     infra/validate/run.sh
+    just chaos-quick
 
 # All three functions in one process on in-memory stores (no Redis, no Java) on :8080
 embedded:
