@@ -125,7 +125,8 @@ echo "cfn-lint: infra/aws/template.yaml clean"
 
 # ---------------------------------------------------------------- 5. scripts
 step "5/5 scripts: bash -n, shellcheck, just"
-scripts=(infra/validate/run.sh infra/kind/install-knative.sh infra/kind/deploy.sh infra/containers/images.sh)
+scripts=(infra/validate/run.sh infra/kind/install-knative.sh infra/kind/deploy.sh infra/containers/images.sh
+         infra/containers/test.sh infra/lambda/test.sh)
 for s in "${scripts[@]}"; do bash -n "$s" || die "syntax error in $s"; done
 if command -v shellcheck >/dev/null 2>&1; then
   shellcheck "${scripts[@]}" || die "shellcheck found problems"

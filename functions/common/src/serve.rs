@@ -45,7 +45,7 @@ pub async fn serve_on(
     router: Router,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
-    tracing::info!(addr = %listener.local_addr()?, "listening");
+    tracing::info!(addr = %listener.local_addr()?, k_service = var("K_SERVICE"), k_revision = var("K_REVISION"), "listening");
     let grace = std::time::Duration::from_secs(parsed_or("SHUTDOWN_GRACE_SECONDS", 20u64)?);
     let (signalled, mut on_signal) = tokio::sync::watch::channel(false);
     let server = axum::serve(listener, router).with_graceful_shutdown(async move {
@@ -62,9 +62,9 @@ pub async fn serve_on(
     tokio::select! {
         result = server => {
             result?;
-            tracing::info!("stopped: in-flight requests finished");
+            tracing::info!(k_service = var("K_SERVICE"), k_revision = var("K_REVISION"), "stopped: in-flight requests finished");
         }
-        _ = deadline => tracing::warn!(?grace, "stopped: grace period over with requests still open"),
+        _ = deadline => tracing::warn!(?grace, k_service = var("K_SERVICE"), k_revision = var("K_REVISION"), "stopped: grace period over with requests still open"),
     }
     Ok(())
 }
@@ -117,5 +117,9 @@ pub async fn shutdown_signal() {
         _ = ctrl_c => {},
         _ = terminate => {},
     }
-    tracing::info!("shutdown signal received: draining");
+    tracing::info!(
+        k_service = var("K_SERVICE"),
+        k_revision = var("K_REVISION"),
+        "shutdown signal received: draining"
+    );
 }
