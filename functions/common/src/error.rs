@@ -30,8 +30,6 @@ pub enum ApiError {
     InvalidCredentials,
     #[error("too many failed attempts; try again later")]
     TooManyAttempts { retry_after_secs: u64 },
-    #[error("too many requests; slow down")]
-    RateLimited { retry_after_secs: u64 },
     #[error("that username is taken")]
     UsernameTaken,
     #[error("a sale with that id already exists")]
@@ -84,7 +82,6 @@ impl ApiError {
             Unauthorized => (StatusCode::UNAUTHORIZED, "unauthorized"),
             InvalidCredentials => (StatusCode::UNAUTHORIZED, "invalid_credentials"),
             TooManyAttempts { .. } => (StatusCode::TOO_MANY_REQUESTS, "too_many_attempts"),
-            RateLimited { .. } => (StatusCode::TOO_MANY_REQUESTS, "rate_limited"),
             UsernameTaken => (StatusCode::CONFLICT, "username_taken"),
             SaleExists => (StatusCode::CONFLICT, "sale_exists"),
             SaleNotFound => (StatusCode::NOT_FOUND, "sale_not_found"),
@@ -101,7 +98,6 @@ impl ApiError {
     fn retry_after_secs(&self) -> Option<u64> {
         match self {
             ApiError::TooManyAttempts { retry_after_secs }
-            | ApiError::RateLimited { retry_after_secs }
             | ApiError::Overloaded { retry_after_secs } => Some((*retry_after_secs).max(1)),
             _ => None,
         }

@@ -15,7 +15,7 @@ use common::http::ApiJson;
 use common::token::{AuthUser, TokenVerifier};
 use common::{ApiError, ApiResult};
 use inventory::sale::{OrderView, SaleId};
-use inventory::{Checkout, CheckoutRequest, Inventory, InventoryError};
+use inventory::{Checkout, CheckoutRequest, Inventory};
 
 #[derive(Clone)]
 pub struct OrderState {
@@ -125,9 +125,4 @@ async fn list_orders(
 
 async fn healthz(State(state): State<OrderState>) -> Response {
     common::http::health_response(state.inventory.ready().await)
-}
-
-/// Convenience for callers mapping inventory errors themselves.
-pub fn api_error(e: InventoryError) -> ApiError {
-    e.into()
 }

@@ -13,7 +13,7 @@ use common::config::Secret;
 use common::http::ApiJson;
 use common::{ApiError, ApiResult};
 use inventory::sale::{OrderView, SaleDefinition, SaleId};
-use inventory::{Inventory, InventoryError};
+use inventory::Inventory;
 
 #[derive(Clone)]
 pub struct StockState {
@@ -142,9 +142,4 @@ async fn sale_orders(
 
 async fn healthz(State(state): State<StockState>) -> Response {
     common::http::health_response(state.inventory.ready().await)
-}
-
-/// Convenience for callers mapping inventory errors themselves.
-pub fn api_error(e: InventoryError) -> ApiError {
-    e.into()
 }

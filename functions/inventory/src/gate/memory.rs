@@ -75,11 +75,6 @@ impl MemoryGate {
             Err(poisoned) => poisoned.into_inner(),
         }
     }
-
-    /// Forgets everything, as a Redis restart without persistence would.
-    pub fn flush(&self) {
-        self.sales().clear();
-    }
 }
 
 #[async_trait]
