@@ -11,6 +11,9 @@
   throttling    repeated failures lock the account: 429 + Retry-After, also
                 for the right password while locked, and the same for an
                 unknown name (no enumeration through the lock either)
+  rate limits   one user firing 200 checkouts back to back: 429 rate_limited
+                with Retry-After once the per-user budget (default 100 per
+                10 s) is spent, and still exactly one order
   ownership     a user cannot read another's order (404) nor see it listed
   admin         an access token, no token or a wrong token cannot reach any
                 admin call (401)
@@ -494,6 +497,30 @@ def concurrency(stack: cl.Stack, minter: cl.Minter, tag: str) -> None:
           "3 units confirmed, balanced, consistent", f"ledger {bd['ledger_confirmed']} held {bd['held']} balanced {bd['balanced']}")
 
 
+def rate_limits(stack: cl.Stack, minter: cl.Minter, tag: str) -> None:
+    """Per-user checkout rate limit (OWASP API6). The chaos stack is reached
+    over loopback, which is exempt from the per-IP limit (see
+    common/src/client_ip.rs and tests/rate_limits.rs for that one)."""
+    from collections import Counter
+    g = "rate limits"
+    sale = f"rl-{tag}"
+    cl.create_sale(stack, sale, 1000, 1)
+    token = minter.token(cl.fake_user_id())
+    replies = [cl.call(stack.order_port, "POST", "/orders", {"sale_id": sale}, token=token) for _ in range(200)]
+    c = Counter((r.status, r.code) for r in replies)
+    limited = [r for r in replies if r.status == 429]
+    check(g, "200 checkouts back to back by one user", c.get((201, None), 0) + c.get((201, ""), 0) == 1
+          and set(c) <= {(201, None), (201, ""), (409, "limit_reached"), (429, "rate_limited")} and len(limited) >= 20,
+          "1 x 201, 409 limit_reached, then >= 20 x 429 rate_limited", str(dict(c)))
+    check(g, "every 429 carries Retry-After", all(r.headers.get("retry-after", "").isdigit() for r in limited),
+          "Retry-After: seconds", str({r.headers.get("retry-after") for r in limited}))
+    for r in limited[:1]:
+        expect(g, "429 in the contract's error shape", r, 429, "rate_limited")
+    bd = cl.admin(stack, "GET", f"/stock/sales/{sale}/breakdown").json()
+    check(g, "  ...and the sale holds nothing for them", bd["ledger_confirmed"] == 1 and bd["held"] == 0 and bd["balanced"],
+          "1 confirmed, 0 held, balanced", f"ledger {bd['ledger_confirmed']} held {bd['held']} balanced {bd['balanced']}")
+
+
 FAILED_STORE: list[str] = []
 MEDIANS: list[tuple[float, float, float]] = []
 
@@ -524,6 +551,7 @@ def main() -> int:
                      ("ownership", lambda: ownership(stack, a_token, b_token, a_id, b_id, tag)),
                      ("admin", lambda: admin_calls(stack, a_token, tag)),
                      ("concurrency", lambda: concurrency(stack, minter, tag)),
+                     ("rate limits", lambda: rate_limits(stack, minter, tag)),
                      ("inputs", lambda: inputs(stack, minter, a_token, a_id, tag))):
         try:
             out = fn()

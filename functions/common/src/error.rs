@@ -30,6 +30,10 @@ pub enum ApiError {
     InvalidCredentials,
     #[error("too many failed attempts; try again later")]
     TooManyAttempts { retry_after_secs: u64 },
+    /// Too many checkout attempts by one user or from one address (an
+    /// extension of the contract: `429 rate_limited` with `Retry-After`).
+    #[error("too many attempts; slow down and retry after the time given")]
+    RateLimited { retry_after_secs: u64 },
     #[error("that username is taken")]
     UsernameTaken,
     #[error("a sale with that id already exists")]
@@ -82,6 +86,7 @@ impl ApiError {
             Unauthorized => (StatusCode::UNAUTHORIZED, "unauthorized"),
             InvalidCredentials => (StatusCode::UNAUTHORIZED, "invalid_credentials"),
             TooManyAttempts { .. } => (StatusCode::TOO_MANY_REQUESTS, "too_many_attempts"),
+            RateLimited { .. } => (StatusCode::TOO_MANY_REQUESTS, "rate_limited"),
             UsernameTaken => (StatusCode::CONFLICT, "username_taken"),
             SaleExists => (StatusCode::CONFLICT, "sale_exists"),
             SaleNotFound => (StatusCode::NOT_FOUND, "sale_not_found"),
@@ -98,6 +103,7 @@ impl ApiError {
     fn retry_after_secs(&self) -> Option<u64> {
         match self {
             ApiError::TooManyAttempts { retry_after_secs }
+            | ApiError::RateLimited { retry_after_secs }
             | ApiError::Overloaded { retry_after_secs } => Some((*retry_after_secs).max(1)),
             _ => None,
         }
@@ -154,6 +160,9 @@ mod tests {
         for err in [
             ApiError::TooManyAttempts {
                 retry_after_secs: 30,
+            },
+            ApiError::RateLimited {
+                retry_after_secs: 2,
             },
             ApiError::Overloaded {
                 retry_after_secs: 0,

@@ -6,10 +6,12 @@
 //! * [`http`]    — the middleware every function wears (request ids, body limit,
 //!   JSON extraction that speaks the contract, `/healthz`);
 //! * [`token`]   — Ed25519 access tokens: issued by auth, verified locally elsewhere;
+//! * [`client_ip`] — which address a request came from, for per-IP limits;
 //! * [`backends`] — clients for DynamoDB and Redis built from the configuration;
 //! * [`serve`]   — one Router, two runtimes: AWS Lambda or a plain HTTP server.
 
 pub mod backends;
+pub mod client_ip;
 pub mod config;
 pub mod error;
 pub mod http;

@@ -48,7 +48,9 @@ pub async fn serve_on(
     tracing::info!(addr = %listener.local_addr()?, k_service = var("K_SERVICE"), k_revision = var("K_REVISION"), "listening");
     let grace = std::time::Duration::from_secs(parsed_or("SHUTDOWN_GRACE_SECONDS", 20u64)?);
     let (signalled, mut on_signal) = tokio::sync::watch::channel(false);
-    let server = axum::serve(listener, router).with_graceful_shutdown(async move {
+    // ConnectInfo: the peer address, for per-IP rate limits (client_ip.rs).
+    let app = router.into_make_service_with_connect_info::<std::net::SocketAddr>();
+    let server = axum::serve(listener, app).with_graceful_shutdown(async move {
         shutdown.await;
         let _ = signalled.send(true);
     });

@@ -26,6 +26,7 @@ use std::time::{Duration, Instant};
 use chrono::Utc;
 use serde::Serialize;
 
+use crate::admission::CheckoutLimits;
 use crate::error::InventoryError;
 use crate::gate::{GateSnapshot, Hold, HoldOutcome, HoldState, StockGate};
 use crate::ledger::{as_settled_hold, ConfirmOutcome, ConfirmRequest, HoldTruth, Ledger};
@@ -85,6 +86,9 @@ pub struct CheckoutRequest {
     pub sale_id: SaleId,
     pub quantity: u32,
     pub idempotency_key: Option<String>,
+    /// The buyer's address for the per-IP rate limit; `None` if unknown or
+    /// exempt (see `common::http::ClientIp`).
+    pub client_ip: Option<std::net::IpAddr>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -132,6 +136,8 @@ struct Inner {
     gate: Arc<dyn StockGate>,
     ledger: Arc<dyn Ledger>,
     config: InventoryConfig,
+    /// Per-user / per-IP checkout rate limits, if any (`admission.rs`).
+    limits: Option<CheckoutLimits>,
     /// Sale definitions never change, so they are cached for good.
     sales: RwLock<HashMap<SaleId, Arc<SaleDefinition>>>,
     /// Unknown sale ids, briefly, so a stampede on a typo misses DynamoDB.
@@ -166,12 +172,23 @@ fn due(map: &Mutex<HashMap<SaleId, Instant>>, key: &SaleId, interval: Duration) 
 }
 
 impl Inventory {
+    /// An inventory without checkout rate limits.
     pub fn new(gate: Arc<dyn StockGate>, ledger: Arc<dyn Ledger>, config: InventoryConfig) -> Self {
+        Self::with_limits(gate, ledger, config, None)
+    }
+
+    pub fn with_limits(
+        gate: Arc<dyn StockGate>,
+        ledger: Arc<dyn Ledger>,
+        config: InventoryConfig,
+        limits: Option<CheckoutLimits>,
+    ) -> Self {
         Self {
             inner: Arc::new(Inner {
                 gate,
                 ledger,
                 config,
+                limits,
                 sales: RwLock::default(),
                 unknown: Mutex::default(),
                 sold_out: RwLock::default(),
@@ -317,6 +334,9 @@ impl Inventory {
                 common::metrics::counter("sold_out_fast_path_total").inc();
                 return Err(InventoryError::SoldOut);
             }
+        }
+        if let Some(limits) = &self.inner.limits {
+            limits.admit(user_id, req.client_ip, now_ms()).await?;
         }
         self.sweep_in_background(&sale.sale_id);
 

@@ -21,6 +21,9 @@ pub enum InventoryError {
     KeyReused,
     #[error("no such order")]
     OrderNotFound,
+    /// Too many checkout attempts by this user or from this address.
+    #[error("too many checkout attempts; retry in {retry_after_secs} s")]
+    RateLimited { retry_after_secs: u64 },
     /// The checkout could not finish in time (its hold lapsed, or a replay
     /// waited too long for the first request); retrying is safe.
     #[error("busy, try again")]
@@ -40,6 +43,9 @@ impl From<InventoryError> for ApiError {
             e @ InventoryError::InvalidQuantity { .. } => ApiError::invalid(e.to_string()),
             InventoryError::KeyReused => ApiError::IdempotencyKeyReused,
             InventoryError::OrderNotFound => ApiError::OrderNotFound,
+            InventoryError::RateLimited { retry_after_secs } => {
+                ApiError::RateLimited { retry_after_secs }
+            }
             InventoryError::Busy => ApiError::overloaded(),
             InventoryError::Unavailable(problem) => {
                 tracing::warn!(problem, "backend unavailable");

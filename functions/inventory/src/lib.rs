@@ -6,9 +6,11 @@
 //! 2. [`ledger`] — the DynamoDB transaction that writes an order only if the
 //!    sale's and the user's confirmed totals stay within their limits.
 //!
-//! [`engine`] drives the two: checkout, sweeping lapsed holds, rebuilding
+//! [`admission`] rate-limits checkout attempts per user and per IP before
+//! they reach the gate. [`engine`] drives the two: checkout, sweeping lapsed holds, rebuilding
 //! the gate from the ledger, and the admin breakdown of guarantee 5.
 
+pub mod admission;
 pub mod engine;
 pub mod error;
 pub mod gate;
@@ -27,18 +29,31 @@ pub async fn from_settings(
     settings: &Settings,
     config: InventoryConfig,
 ) -> anyhow::Result<Inventory> {
-    let (gate, ledger): (Arc<dyn gate::StockGate>, Arc<dyn ledger::Ledger>) = match settings.store {
-        StoreMode::Aws => (
-            Arc::new(gate::RedisGate::new(common::backends::redis(settings)?)),
-            Arc::new(ledger::DynamoLedger::new(
-                common::backends::dynamodb(settings).await,
-                &settings.ledger_table,
-            )),
-        ),
+    type Stores = (
+        Arc<dyn gate::StockGate>,
+        Arc<dyn ledger::Ledger>,
+        Arc<dyn admission::RateLimiter>,
+    );
+    let (gate, ledger, limiter): Stores = match settings.store {
+        StoreMode::Aws => {
+            // One multiplexed connection: the gate's and the limiter's
+            // commands are pipelined together.
+            let redis = common::backends::redis(settings)?;
+            (
+                Arc::new(gate::RedisGate::new(redis.clone())),
+                Arc::new(ledger::DynamoLedger::new(
+                    common::backends::dynamodb(settings).await,
+                    &settings.ledger_table,
+                )),
+                Arc::new(admission::RedisRateLimiter::new(redis)),
+            )
+        }
         StoreMode::Memory => (
             Arc::new(gate::MemoryGate::default()),
             Arc::new(ledger::MemoryLedger::default()),
+            Arc::new(admission::MemoryRateLimiter::default()),
         ),
     };
-    Ok(Inventory::new(gate, ledger, config))
+    let limits = admission::CheckoutLimits::from_env(limiter)?;
+    Ok(Inventory::with_limits(gate, ledger, config, Some(limits)))
 }

@@ -11,6 +11,7 @@ use axum::routing::{get, post};
 use axum::{Json, Router};
 use serde::Deserialize;
 
+use common::client_ip::{ClientIp, ClientIpPolicy};
 use common::http::ApiJson;
 use common::token::{AuthUser, TokenVerifier};
 use common::{ApiError, ApiResult};
@@ -21,6 +22,14 @@ use inventory::{Checkout, CheckoutRequest, Inventory};
 pub struct OrderState {
     pub inventory: Inventory,
     pub verifier: Arc<TokenVerifier>,
+    /// Where the buyer's address comes from, for per-IP checkout limits.
+    pub client_ip: Arc<ClientIpPolicy>,
+}
+
+impl FromRef<OrderState> for Arc<ClientIpPolicy> {
+    fn from_ref(state: &OrderState) -> Self {
+        state.client_ip.clone()
+    }
 }
 
 impl FromRef<OrderState> for Arc<TokenVerifier> {
@@ -63,6 +72,7 @@ fn idempotency_key(headers: &HeaderMap) -> ApiResult<Option<String>> {
 async fn checkout(
     State(state): State<OrderState>,
     user: AuthUser,
+    ClientIp(client_ip): ClientIp,
     headers: HeaderMap,
     body: Result<ApiJson<CheckoutBody>, ApiError>,
 ) -> ApiResult<Response> {
@@ -78,6 +88,7 @@ async fn checkout(
         sale_id,
         quantity,
         idempotency_key,
+        client_ip,
     };
     let (status, order) = match state.inventory.checkout(&user.user_id, request).await? {
         Checkout::Created(order) => (StatusCode::CREATED, order),

@@ -44,6 +44,7 @@ async fn main() -> anyhow::Result<()> {
     let state = order::OrderState {
         inventory,
         verifier: Arc::new(verifier),
+        client_ip: Arc::new(common::client_ip::ClientIpPolicy::from_env()?),
     };
     common::serve(order::app(state, &http)).await
 }

@@ -8,9 +8,11 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use common::client_ip::ClientIpPolicy;
 use common::config::{Secret, Settings, StoreMode};
 use common::http::HttpOptions;
 use common::token::TokenSigner;
+use inventory::admission::{CheckoutLimits, RatePolicy, RedisRateLimiter};
 use inventory::gate::{RedisGate, StockGate};
 use inventory::ledger::{DynamoLedger, Ledger};
 use inventory::{Inventory, InventoryConfig};
@@ -47,6 +49,10 @@ pub struct Options {
     pub hash_queue: usize,
     /// Wraps the real ledger, e.g. to inject faults.
     pub wrap_ledger: LedgerWrapper,
+    /// Checkout rate limits (per user, per IP); the production defaults.
+    pub per_user_rate: Option<RatePolicy>,
+    pub per_ip_rate: Option<RatePolicy>,
+    pub client_ip: ClientIpPolicy,
 }
 
 impl Default for Options {
@@ -61,6 +67,9 @@ impl Default for Options {
             hash_workers: 2,
             hash_queue: 64,
             wrap_ledger: Box::new(|l| l),
+            per_user_rate: inventory::admission::DEFAULT_PER_USER.parse().ok(),
+            per_ip_rate: inventory::admission::DEFAULT_PER_IP.parse().ok(),
+            client_ip: ClientIpPolicy::default(),
         }
     }
 }
@@ -121,7 +130,17 @@ impl TestStack {
         }
         let gate: Arc<dyn StockGate> = Arc::new(RedisGate::new(redis.clone()));
         let ledger: Arc<dyn Ledger> = (options.wrap_ledger)(Arc::new(ledger));
-        let inventory = Inventory::new(gate.clone(), ledger.clone(), options.inventory);
+        let limits = CheckoutLimits::new(
+            Arc::new(RedisRateLimiter::new(redis.clone())),
+            options.per_user_rate,
+            options.per_ip_rate,
+        );
+        let inventory = Inventory::with_limits(
+            gate.clone(),
+            ledger.clone(),
+            options.inventory,
+            Some(limits),
+        );
         let signer = Arc::new(TokenSigner::generate(
             &s.token_issuer,
             &s.token_audience,
@@ -153,6 +172,7 @@ impl TestStack {
         let order_state = order::OrderState {
             inventory: inventory.clone(),
             verifier: Arc::new(signer.verifier()),
+            client_ip: Arc::new(options.client_ip),
         };
         let (order, c) = spawn_app(order::app(order_state, &http)).await;
         let client = reqwest::Client::builder()

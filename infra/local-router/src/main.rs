@@ -131,6 +131,7 @@ async fn embedded_routers() -> anyhow::Result<[Router; 3]> {
             order::OrderState {
                 inventory,
                 verifier,
+                client_ip: Arc::new(common::client_ip::ClientIpPolicy::from_env()?),
             },
             &http,
         ),

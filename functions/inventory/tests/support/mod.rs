@@ -7,6 +7,7 @@
 use std::sync::Arc;
 
 use chrono::Utc;
+use inventory::admission::{MemoryRateLimiter, RateLimiter, RedisRateLimiter};
 use inventory::gate::{MemoryGate, RedisGate, StockGate};
 use inventory::ledger::{DynamoLedger, Ledger, MemoryLedger};
 use inventory::sale::SaleDefinition;
@@ -20,7 +21,7 @@ pub fn settings() -> common::config::Settings {
     s
 }
 
-pub async fn redis_gate() -> Arc<dyn StockGate> {
+pub async fn redis_conn() -> redis::aio::ConnectionManager {
     let s = settings();
     let conn = common::backends::redis(&s).expect("REDIS_URL is a valid URL");
     if let Err(e) = common::backends::redis_ping(&conn).await {
@@ -29,7 +30,18 @@ pub async fn redis_gate() -> Arc<dyn StockGate> {
             s.redis_url
         );
     }
-    Arc::new(RedisGate::new(conn))
+    conn
+}
+
+pub async fn redis_gate() -> Arc<dyn StockGate> {
+    Arc::new(RedisGate::new(redis_conn().await))
+}
+
+pub async fn rate_limiters() -> Vec<(&'static str, Arc<dyn RateLimiter>)> {
+    vec![
+        ("memory", Arc::new(MemoryRateLimiter::default())),
+        ("redis", Arc::new(RedisRateLimiter::new(redis_conn().await))),
+    ]
 }
 
 pub async fn gates() -> Vec<(&'static str, Arc<dyn StockGate>)> {
