@@ -30,6 +30,7 @@ use crate::admission::CheckoutLimits;
 use crate::error::InventoryError;
 use crate::gate::{GateSnapshot, Hold, HoldOutcome, HoldState, StockGate};
 use crate::ledger::{as_settled_hold, ConfirmOutcome, ConfirmRequest, HoldTruth, Ledger};
+use crate::overload::LedgerQueue;
 use crate::sale::{
     now_ms, rfc3339, HoldId, Order, OrderId, SaleDefinition, SaleId, SaleView, Window,
 };
@@ -48,6 +49,9 @@ pub struct InventoryConfig {
     pub sold_out_cache: Duration,
     /// The same while some units are still held (they may come back).
     pub sold_out_cache_held: Duration,
+    /// Checkouts always admitted to the ledger queue, whatever its measured
+    /// rate (`overload.rs`); past `max(floor, rate × budget)` they are shed.
+    pub ledger_queue_floor: usize,
 }
 
 impl Default for InventoryConfig {
@@ -58,6 +62,7 @@ impl Default for InventoryConfig {
             sweep_interval: Duration::from_secs(1),
             sold_out_cache: Duration::from_millis(1000),
             sold_out_cache_held: Duration::from_millis(50),
+            ledger_queue_floor: 1024,
         }
     }
 }
@@ -76,6 +81,7 @@ impl InventoryConfig {
                 "SWEEP_INTERVAL_MS",
                 d.sweep_interval.as_millis() as u64,
             )?),
+            ledger_queue_floor: parsed_or("CHECKOUT_QUEUE_FLOOR", d.ledger_queue_floor)?,
             ..d
         })
     }
@@ -138,6 +144,8 @@ struct Inner {
     config: InventoryConfig,
     /// Per-user / per-IP checkout rate limits, if any (`admission.rs`).
     limits: Option<CheckoutLimits>,
+    /// Bounds the checkouts waiting on the ledger (`overload.rs`).
+    ledger_queue: Arc<LedgerQueue>,
     /// Sale definitions never change, so they are cached for good.
     sales: RwLock<HashMap<SaleId, Arc<SaleDefinition>>>,
     /// Unknown sale ids, briefly, so a stampede on a typo misses DynamoDB.
@@ -183,12 +191,17 @@ impl Inventory {
         config: InventoryConfig,
         limits: Option<CheckoutLimits>,
     ) -> Self {
+        // An admitted checkout should be answered well within the ledger
+        // timeout: two thirds of it is the queue's budget.
+        let ledger_queue =
+            LedgerQueue::new(config.ledger_queue_floor, config.ledger_timeout * 2 / 3);
         Self {
             inner: Arc::new(Inner {
                 gate,
                 ledger,
                 config,
                 limits,
+                ledger_queue,
                 sales: RwLock::default(),
                 unknown: Mutex::default(),
                 sold_out: RwLock::default(),
@@ -338,6 +351,10 @@ impl Inventory {
         if let Some(limits) = &self.inner.limits {
             limits.admit(user_id, req.client_ip, now_ms()).await?;
         }
+        let Some(_slot) = self.inner.ledger_queue.try_enter() else {
+            common::metrics::counter("checkout_shed_total").inc();
+            return Err(InventoryError::Busy);
+        };
         self.sweep_in_background(&sale.sale_id);
 
         for _ in 0..3 {

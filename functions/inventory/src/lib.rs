@@ -7,7 +7,8 @@
 //!    sale's and the user's confirmed totals stay within their limits.
 //!
 //! [`admission`] rate-limits checkout attempts per user and per IP before
-//! they reach the gate. [`engine`] drives the two: checkout, sweeping lapsed holds, rebuilding
+//! they reach the gate; [`overload`] sheds them when the ledger cannot keep
+//! up. [`engine`] drives the two: checkout, sweeping lapsed holds, rebuilding
 //! the gate from the ledger, and the admin breakdown of guarantee 5.
 
 pub mod admission;
@@ -15,6 +16,7 @@ pub mod engine;
 pub mod error;
 pub mod gate;
 pub mod ledger;
+pub mod overload;
 pub mod sale;
 
 use std::sync::Arc;

@@ -479,3 +479,62 @@ async fn a_slow_ledger_answers_503_in_bounded_time_and_settles_later() {
     );
     assert_eq!(b["stock_remaining"].as_i64(), Some(5 - sold));
 }
+
+#[tokio::test]
+async fn when_the_ledger_falls_behind_excess_checkouts_are_shed_at_once_and_nothing_leaks() {
+    // A ledger that needs 400 ms per order and a queue floor of 8: of 60
+    // buyers arriving together, the ones past the queue's bound must get
+    // `503 overloaded` + Retry-After at once (no hold taken), not wait their
+    // turn until the ledger timeout.
+    let cell: Arc<std::sync::Mutex<Option<Arc<FaultyLedger>>>> = Arc::default();
+    let keep = cell.clone();
+    let stack = TestStack::spawn_with(Options {
+        inventory: InventoryConfig {
+            ledger_timeout: Duration::from_secs(5),
+            ledger_queue_floor: 8,
+            ..InventoryConfig::default()
+        },
+        wrap_ledger: Box::new(move |real| {
+            let faulty = FaultyLedger::new(real);
+            *keep.lock().unwrap() = Some(faulty.clone());
+            faulty
+        }),
+        ..Options::default()
+    })
+    .await;
+    let faulty = cell.lock().unwrap().clone().expect("wrapped");
+    let sale = stack.create_sale(1000, 1).await;
+    faulty.set(Fault::Slow(Duration::from_millis(400)));
+    let replies = futures::future::join_all((0..60).map(|_| {
+        let (_, token) = stack.new_user();
+        let stack = &stack;
+        let sale = sale.clone();
+        async move {
+            let started = Instant::now();
+            let r = stack
+                .checkout(&token, &json!({"sale_id": sale}), None)
+                .await;
+            (r, started.elapsed())
+        }
+    }))
+    .await;
+    let created = replies.iter().filter(|(r, _)| r.status == 201).count();
+    let shed: Vec<_> = replies.iter().filter(|(r, _)| r.status == 503).collect();
+    assert_eq!(created + shed.len(), 60, "only 201 or 503");
+    assert!(
+        (8..=20).contains(&created),
+        "the floor's 8 are served: {created}"
+    );
+    assert!(shed.len() >= 40, "the rest are shed: {}", shed.len());
+    for (r, took) in &shed {
+        r.assert_error(503, "overloaded");
+        assert!(r.headers.contains_key("retry-after"));
+        assert!(*took < Duration::from_millis(300), "shed after {took:?}");
+    }
+    // Shed checkouts took no stock: exactly the orders are gone, nothing held.
+    faulty.set(Fault::None);
+    let b = stack.breakdown(&sale).await;
+    assert_eq!(b["held"], 0, "{b}");
+    assert_eq!(b["confirmed"].as_u64(), Some(created as u64), "{b}");
+    assert_eq!(stack.ledger_orders(&sale).await.len(), created);
+}
