@@ -10,7 +10,7 @@
 import { SharedArray } from "k6/data";
 import exec from "k6/execution";
 import http from "k6/http";
-import { Rate, Trend } from "k6/metrics";
+import { Counter, Rate, Trend } from "k6/metrics";
 
 const URL = __ENV.URL;
 const TARGET = __ENV.TARGET;
@@ -26,6 +26,11 @@ const users = (__ENV.CAP_USERS || "").split(",").filter(Boolean).map((u) => u.sp
 
 const latency = new Trend("latency", true);
 const bad = new Rate("bad");
+// Overload runs (capacity.sh overload): what got through, and how fast the
+// rest was turned away.
+const good = new Counter("good");
+const shedLatency = new Trend("shed_latency", true);
+const goodLatency = new Trend("good_latency", true);
 
 export const options = {
   summaryTrendStats: ["avg", "med", "p(90)", "p(95)", "p(99)", "max", "count"],
@@ -73,6 +78,18 @@ export default function () {
   }
   latency.add(res.timings.duration);
   bad.add(!ok, { status: String(res.status) });
+  if (ok) {
+    good.add(1);
+    goodLatency.add(res.timings.duration);
+  } else if (res.status === 503 || res.status === 429) {
+    shedLatency.add(res.timings.duration);
+  }
+}
+
+function pick(metric) {
+  if (!metric) return { count: 0 };
+  const v = metric.values;
+  return { count: v.count, p50: v.med, p99: v["p(99)"], max: v.max };
 }
 
 export function handleSummary(data) {
@@ -88,6 +105,9 @@ export function handleSummary(data) {
     error_rate: data.metrics.bad ? data.metrics.bad.values.rate : 1,
     dropped: data.metrics.dropped_iterations ? data.metrics.dropped_iterations.values.count : 0,
     ms: { avg: l.avg, p50: l.med, p90: l["p(90)"], p95: l["p(95)"], p99: l["p(99)"], max: l.max },
+    goodput_rps: (data.metrics.good ? data.metrics.good.values.count : 0) / STEP,
+    good_ms: pick(data.metrics.good_latency),
+    shed: pick(data.metrics.shed_latency),
   };
   return { [__ENV.CAP_OUT]: JSON.stringify(out), stdout: `${TARGET} @${RATE}/s: ${JSON.stringify(out)}\n` };
 }

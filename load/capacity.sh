@@ -3,7 +3,7 @@
 # (taskset -c $FN_CPU, default 1), the load generator pinned to the other
 # ($GEN_CPU, default 0); Redis and DynamoDB Local float (they are shared).
 #
-#   load/capacity.sh [auth] [stock] [order] [soldout] [wrk]     (default: all)
+#   load/capacity.sh [auth] [stock] [order] [soldout] [wrk] [overload]   (default: all but overload)
 #
 # Two methods, both straight at the function's port (no router):
 #   k6   open model (constant arrival rate) steps of STEP s at rising rates:
@@ -13,6 +13,11 @@
 #        per connection count; the only tool here that can drive the sold-out
 #        path (40k+ req/s) from one core. Statuses are counted from the
 #        function's own /metrics (before/after), not trusted from the tool.
+# overload (issue 6, load shedding): k6 steps on the checkout success path at
+#        OVERLOAD_RATES to find the peak goodput (201/s), then OVERLOAD_SECS s
+#        at 3x the rate that reached it: goodput must stay >= 90 % of the peak
+#        and the shed answers (503/429) must have p99 < 10 ms. The order
+#        process must still be alive at the end (load/results/.../overload.json).
 # Results: load/results/capacity/<ts>/*.json, summary capacity.json, a
 # markdown table on stdout; `python3 load/plot.py DIR` draws the SVG.
 # A dedicated stack is started on ports 21081-21083 (metrics 21181-21183; below the ephemeral range)
@@ -30,6 +35,8 @@ STOCK_RATES=${STOCK_RATES:-"500 1000 2000 3000 4000 5000 6000"}
 ORDER_RATES=${ORDER_RATES:-"100 200 300 400 600 800 1000 1500"}
 SOLDOUT_RATES=${SOLDOUT_RATES:-"1000 2000 3000 4000 5000 6000"}
 WRK_CONNS=${WRK_CONNS:-"1 4 16 64 256"}
+OVERLOAD_RATES=${OVERLOAD_RATES:-"200 400 600 800 1000"}
+OVERLOAD_SECS=${OVERLOAD_SECS:-20}
 # p99 budgets (ms)
 B_AUTH=1000 B_STOCK=10 B_ORDER=20 B_SOLDOUT=5
 TS=$(date -u +%Y%m%dT%H%M%SZ)
@@ -127,7 +134,29 @@ for w in "${WHAT[@]}"; do
       for c in $WRK_CONNS; do run_wrk order-soldout-keyed "$ORDER" /orders $((METRICS_BASE + 3)) "$c" SALE_ID="$GONE" TOKENS_FILE="$OUT/tokens.txt" IDEMPOTENCY=1; done
       for c in $WRK_CONNS; do run_wrk order-checkout "$ORDER" /orders $((METRICS_BASE + 3)) "$c" SALE_ID="$LIVE" TOKENS_FILE="$OUT/tokens.txt"; done
       ;;
-    *) say "unknown part $w (auth stock order soldout wrk)"; exit 2 ;;
+    overload)
+      say "overload: peak goodput of the checkout success path over $OVERLOAD_RATES, then 3x"
+      best=""; best_good=0
+      for r in $OVERLOAD_RATES; do
+        k6_step order-checkout "$ORDER" "$r" SALE_ID="$LIVE" TOKENS_FILE="$OUT/tokens.json" VUS=4000
+        f="$OUT/k6-order-checkout-$r.json"
+        [ -s "$f" ] || continue
+        g=$(python3 "$ROOT/load/caputil.py" goodput "$f")
+        if python3 -c 'import sys; sys.exit(0 if float(sys.argv[1]) > float(sys.argv[2]) else 1)' "$g" "$best_good"; then
+          best=$r; best_good=$g
+        fi
+      done
+      [ -n "$best" ] || { say "overload: no step produced a result"; exit 1; }
+      over=$((best * 3))
+      say "overload: peak goodput $best_good/s at $best/s offered; now $over/s for ${OVERLOAD_SECS}s"
+      env SALE_ID="$LIVE" TOKENS_FILE="$OUT/tokens.json" VUS=6000 URL="$ORDER" TARGET=order-checkout RATE="$over" \
+        STEP="$OVERLOAD_SECS" CAP_OUT="$OUT/k6-order-overload-$over.json" K6_NO_USAGE_REPORT=true \
+        "${GEN[@]}" k6 run --quiet --no-thresholds load/capacity.js >/dev/null 2>"$OUT/k6-order-overload-$over.log" || true
+      kill -0 "$(cat "$LOAD_STATE/order.pid")" || { say "overload: the order function died"; exit 1; }
+      curl -fsS -m 5 "$ORDER/healthz" >/dev/null || { say "overload: the order function is not healthy afterwards"; exit 1; }
+      python3 "$ROOT/load/caputil.py" overload "$OUT" "$OUT/k6-order-checkout-$best.json" "$OUT/k6-order-overload-$over.json" || OVERLOAD_MISSED=1
+      ;;
+    *) say "unknown part $w (auth stock order soldout wrk overload)"; exit 2 ;;
   esac
 done
 echo "loadavg after: $(cat /proc/loadavg)" >>"$OUT/env.txt"
@@ -138,4 +167,5 @@ done
 cat "$OUT/env.txt" >&2
 rm -f "$OUT/tokens.json" "$OUT/tokens.txt"
 python3 "$ROOT/load/plot.py" "$OUT" --table
+[ -z "${OVERLOAD_MISSED:-}" ] || exit 1
 say "raw results in $OUT"

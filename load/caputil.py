@@ -6,6 +6,10 @@
   caputil.py statuses METRICS_PORT ROUTE       {"status": count} of a route, from the function's /metrics
   caputil.py wrk TXT TARGET CONNS BEFORE AFTER  wrk output + status diff -> result JSON on stdout
   caputil.py bench-round TXT PATH WHO ROUND    wrk output -> one bench-compare round JSON
+  caputil.py goodput FILE                      the goodput (req/s answered as hoped) of a k6 step
+  caputil.py overload OUT PEAK.json OVER.json  the load-shedding verdict (issue 6): goodput at 3x the
+                                               peak's rate >= 90 % of the peak, rejections p99 < 10 ms;
+                                               writes OUT/overload.json, exits 1 on a miss
 """
 import json
 import re
@@ -80,6 +84,33 @@ def bench_round(txt, path, who, rnd):
           f"  wrong-status {r['wrong_status']}  socket-errors {r['socket_errors']}", file=sys.stderr)
 
 
+def goodput(f):
+    return json.load(open(f)).get("goodput_rps", 0.0)
+
+
+def overload(out, peak_f, over_f):
+    peak, over = json.load(open(peak_f)), json.load(open(over_f))
+    ratio = over["goodput_rps"] / peak["goodput_rps"] if peak["goodput_rps"] else 0.0
+    shed = over.get("shed", {})
+    verdict = {
+        "peak": {"offered_rps": peak["offered_rps"], "goodput_rps": peak["goodput_rps"], "good_ms": peak.get("good_ms")},
+        "overload": {"offered_rps": over["offered_rps"], "goodput_rps": over["goodput_rps"],
+                     "good_ms": over.get("good_ms"), "shed": shed, "dropped": over.get("dropped", 0),
+                     "error_rate": over["error_rate"]},
+        "goodput_ratio": ratio,
+        "goodput_ok": ratio >= 0.9,
+        "rejections_fast": shed.get("count", 0) == 0 or (shed.get("p99") or 1e9) < 10,
+    }
+    json.dump(verdict, open(f"{out}/overload.json", "w"), indent=2)
+    print(f"peak goodput {peak['goodput_rps']:.0f}/s at {peak['offered_rps']}/s offered; "
+          f"at {over['offered_rps']}/s offered: goodput {over['goodput_rps']:.0f}/s ({ratio:.0%} of peak), "
+          f"{shed.get('count', 0)} shed, p50 {shed.get('p50') or 0:.2f} ms p99 {shed.get('p99') or 0:.2f} ms "
+          f"max {shed.get('max') or 0:.1f} ms; admitted p99 {(over.get('good_ms') or {}).get('p99') or 0:.0f} ms")
+    ok = verdict["goodput_ok"] and verdict["rejections_fast"]
+    print("overload verdict:", "PASS" if ok else "MISS (goodput >= 90 % of peak and rejections p99 < 10 ms)")
+    return 0 if ok else 1
+
+
 def main(argv):
     cmd, args = argv[1], argv[2:]
     if cmd == "show":
@@ -92,6 +123,10 @@ def main(argv):
         print(json.dumps(wrk(*args)))
     elif cmd == "bench-round":
         bench_round(*args)
+    elif cmd == "goodput":
+        print(goodput(*args))
+    elif cmd == "overload":
+        return overload(*args)
     else:
         print(__doc__)
         return 2

@@ -299,15 +299,20 @@ async fn redis_flushed_and_killed_mid_sale_loses_no_order_and_oversells_nothing(
 }
 
 async fn faulty_stack(hold_ttl: Duration) -> (TestStack, Arc<FaultyLedger>) {
+    faulty_stack_with(InventoryConfig {
+        hold_ttl,
+        ledger_timeout: Duration::from_millis(500),
+        sweep_interval: Duration::from_millis(50),
+        ..InventoryConfig::default()
+    })
+    .await
+}
+
+async fn faulty_stack_with(inventory: InventoryConfig) -> (TestStack, Arc<FaultyLedger>) {
     let cell: Arc<std::sync::Mutex<Option<Arc<FaultyLedger>>>> = Arc::default();
     let keep = cell.clone();
     let stack = TestStack::spawn_with(Options {
-        inventory: InventoryConfig {
-            hold_ttl,
-            ledger_timeout: Duration::from_millis(500),
-            sweep_interval: Duration::from_millis(50),
-            ..InventoryConfig::default()
-        },
+        inventory,
         wrap_ledger: Box::new(move |real| {
             let faulty = FaultyLedger::new(real);
             *keep.lock().unwrap() = Some(faulty.clone());
@@ -486,23 +491,12 @@ async fn when_the_ledger_falls_behind_excess_checkouts_are_shed_at_once_and_noth
     // buyers arriving together, the ones past the queue's bound must get
     // `503 overloaded` + Retry-After at once (no hold taken), not wait their
     // turn until the ledger timeout.
-    let cell: Arc<std::sync::Mutex<Option<Arc<FaultyLedger>>>> = Arc::default();
-    let keep = cell.clone();
-    let stack = TestStack::spawn_with(Options {
-        inventory: InventoryConfig {
-            ledger_timeout: Duration::from_secs(5),
-            ledger_queue_floor: 8,
-            ..InventoryConfig::default()
-        },
-        wrap_ledger: Box::new(move |real| {
-            let faulty = FaultyLedger::new(real);
-            *keep.lock().unwrap() = Some(faulty.clone());
-            faulty
-        }),
-        ..Options::default()
+    let (stack, faulty) = faulty_stack_with(InventoryConfig {
+        ledger_timeout: Duration::from_secs(5),
+        ledger_queue_floor: 8,
+        ..InventoryConfig::default()
     })
     .await;
-    let faulty = cell.lock().unwrap().clone().expect("wrapped");
     let sale = stack.create_sale(1000, 1).await;
     faulty.set(Fault::Slow(Duration::from_millis(400)));
     let replies = futures::future::join_all((0..60).map(|_| {

@@ -140,20 +140,6 @@ async fn loopback_is_exempt_from_the_per_ip_limit_by_default() {
     }
 }
 
-#[tokio::test]
-async fn the_default_limits_leave_room_for_a_burst_of_concurrent_attempts() {
-    // The contract's "50 concurrent checkouts by one user" must still end in
-    // limit_reached answers, not 429s, under the production defaults.
-    let stack = TestStack::spawn().await;
-    let sale = stack.create_sale(100, 2).await;
-    let (_, token) = stack.new_user();
-    let body = json!({ "sale_id": sale });
-    let replies =
-        futures::future::join_all((0..50).map(|_| stack.checkout(&token, &body, None))).await;
-    let created = replies.iter().filter(|r| r.status == 201).count();
-    let limited = replies
-        .iter()
-        .filter(|r| r.code() == "limit_reached")
-        .count();
-    assert_eq!((created, limited), (2, 48));
-}
+// The contract's "one user, 50 concurrent checkouts, limit 2" test in
+// guarantees.rs runs under the production default limits, so it also proves
+// they leave room for that burst (2 x 201, 48 x limit_reached, no 429).
