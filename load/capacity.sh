@@ -130,7 +130,7 @@ for w in "${WHAT[@]}"; do
       }
       say "wrk sweeps (connections: $WRK_CONNS, ${WRK_SECS}s each)"
       for c in $WRK_CONNS; do run_wrk stock-view "$STOCK" "/stock/sales/{sale_id}" $((METRICS_BASE + 2)) "$c" METHOD=GET REQ_PATH="/stock/sales/$LIVE"; done
-      for c in $WRK_CONNS; do run_wrk order-soldout "$ORDER" /orders $((METRICS_BASE + 3)) "$c" SALE_ID="$GONE" TOKEN="$TOKEN1"; done
+      for c in $WRK_CONNS; do run_wrk order-soldout "$ORDER" /orders $((METRICS_BASE + 3)) "$c" SALE_ID="$GONE" TOKENS_FILE="$OUT/tokens.txt"; done
       for c in $WRK_CONNS; do run_wrk order-soldout-keyed "$ORDER" /orders $((METRICS_BASE + 3)) "$c" SALE_ID="$GONE" TOKENS_FILE="$OUT/tokens.txt" IDEMPOTENCY=1; done
       for c in $WRK_CONNS; do run_wrk order-checkout "$ORDER" /orders $((METRICS_BASE + 3)) "$c" SALE_ID="$LIVE" TOKENS_FILE="$OUT/tokens.txt"; done
       ;;

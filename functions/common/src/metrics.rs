@@ -54,6 +54,24 @@ pub struct Histogram {
 }
 
 impl Histogram {
+    /// Observations so far.
+    pub fn count(&self) -> u64 {
+        self.count.load(Ordering::Relaxed)
+    }
+
+    /// Observations no slower than the bucket bound `le` (seconds); `None`
+    /// if `le` is not one of the bucket bounds.
+    pub fn count_at_most(&self, le: f64) -> Option<u64> {
+        let i = BUCKETS.iter().position(|b| (*b - le).abs() < 1e-12)?;
+        // Buckets hold their own observations only; sum up to `le`.
+        Some(
+            self.buckets[..=i]
+                .iter()
+                .map(|b| b.load(Ordering::Relaxed))
+                .sum(),
+        )
+    }
+
     pub fn observe(&self, elapsed: Duration) {
         let secs = elapsed.as_secs_f64();
         if let Some(i) = BUCKETS.iter().position(|b| secs <= *b) {
@@ -133,8 +151,15 @@ pub fn histogram(key: impl Into<String>) -> Arc<Histogram> {
     )
 }
 
-/// Request count by route and status, and latency by route.
+/// Request count by route and status, and latency by route; and apart, the
+/// latency of rejections (429, 503), which must stay fast under overload.
 pub fn observe_request(method: &str, route: &str, status: u16, elapsed: Duration) {
+    if status == 429 || status == 503 {
+        histogram(format!(
+            "http_rejection_duration_seconds{{method=\"{method}\",route=\"{route}\"}}"
+        ))
+        .observe(elapsed);
+    }
     counter(format!(
         "http_requests_total{{method=\"{method}\",route=\"{route}\",status=\"{status}\"}}"
     ))

@@ -348,13 +348,15 @@ impl Inventory {
                 return Err(InventoryError::SoldOut);
             }
         }
-        if let Some(limits) = &self.inner.limits {
-            limits.admit(user_id, req.client_ip, now_ms()).await?;
-        }
+        // Shedding first: it costs no round trip, and a shed attempt then
+        // spends none of the caller's rate budget.
         let Some(_slot) = self.inner.ledger_queue.try_enter() else {
             common::metrics::counter("checkout_shed_total").inc();
             return Err(InventoryError::Busy);
         };
+        if let Some(limits) = &self.inner.limits {
+            limits.admit(user_id, req.client_ip, now_ms()).await?;
+        }
         self.sweep_in_background(&sale.sale_id);
 
         for _ in 0..3 {
