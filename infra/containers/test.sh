@@ -7,7 +7,7 @@
 #   * it listens on $PORT and serves with K_SERVICE, K_REVISION and
 #     K_CONFIGURATION set, under the securityContext and resource limits of
 #     knative/*.yaml: read-only root filesystem, all capabilities dropped,
-#     no-new-privileges, 1 CPU, 256 MiB (auth) / 128 MiB (stock, order);
+#     no-new-privileges, 1 CPU, 256 MiB (auth, order) / 128 MiB (stock);
 #   * GET /healthz turns 200 once the backends answer, then a real call works
 #     (auth: register, login, JWKS; stock: create a sale, read it; order:
 #     checkout on that sale with a token from this run's key, read it back,
@@ -461,9 +461,9 @@ term_under_load stock "${port}" 201 burst_create_sale
 check_logs stock
 
 # ------------------------------------------------------------------- order
-say "order (K_SERVICE=order; knative/order.yaml: 1 CPU, 128 MiB)"
+say "order (K_SERVICE=order; knative/order.yaml: 1 CPU, 256 MiB)"
 port="$(free_port)"
-start_function order "${port}" --cpus 1 --memory 128m -e "TOKEN_PUBLIC_KEY=${PUBLIC_KEY}"
+start_function order "${port}" --cpus 1 --memory 256m -e "TOKEN_PUBLIC_KEY=${PUBLIC_KEY}"
 check_process order "${port}"
 expect "order checkout" "$(cat "${WORK}/order/first.code")" 201 "${WORK}/order/first.json"
 ORDER_ID="$(jq -r '.order_id' "${WORK}/order/first.json")"

@@ -198,7 +198,6 @@ kn_apply() {
     --env-value-from AWS_SECRET_ACCESS_KEY=secret:flashsale-secrets:AWS_SECRET_ACCESS_KEY
     --probe-readiness http::8080:/healthz
     --scale-min 0
-    --scale-metric concurrency
     --label app.kubernetes.io/part-of=flashsale
     --label app.kubernetes.io/component=function
     --wait-timeout 600
@@ -227,18 +226,20 @@ cmd_deploy_kn() {
   kn_apply auth \
     --env-value-from TOKEN_SIGNING_KEY=secret:flashsale-secrets:TOKEN_SIGNING_KEY \
     --env HASH_WORKERS=1 --env HASH_QUEUE=4 \
-    --scale-max 20 --scale-target 3 --scale-utilization 80 --concurrency-limit 4 \
+    --scale-metric concurrency --scale-max 20 --scale-target 3 --scale-utilization 80 --concurrency-limit 4 \
     --timeout 30 --request cpu=1,memory=128Mi --limit cpu=1,memory=256Mi
   say "kn: stock"
   kn_apply stock \
     --env-value-from ADMIN_TOKEN=secret:flashsale-secrets:ADMIN_TOKEN \
-    --scale-max 10 --scale-target 300 --scale-utilization 70 --concurrency-limit 1000 \
+    --scale-metric concurrency --scale-max 10 --scale-target 16 --scale-utilization 70 --concurrency-limit 64 \
     --timeout 10 --request cpu=250m,memory=64Mi --limit cpu=1,memory=128Mi
   say "kn: order"
   kn_apply order \
     --env HOLD_TTL_SECONDS=15 \
-    --scale-max 20 --scale-target 250 --scale-utilization 70 --concurrency-limit 1000 \
-    --timeout 10 --request cpu=250m,memory=64Mi --limit cpu=1,memory=128Mi
+    --env CHECKOUT_RATE_PER_USER=100/10s --env CHECKOUT_RATE_PER_IP=1000/10s \
+    --env CLIENT_IP_SOURCE=x-forwarded-for \
+    --scale-metric rps --scale-max 20 --scale-target 2000 --scale-utilization 70 --concurrency-limit 1200 \
+    --timeout 10 --request cpu=250m,memory=128Mi --limit cpu=1,memory=256Mi
   print_urls
 }
 
