@@ -227,12 +227,10 @@ class Minter:
 # --------------------------------------------------------------------- sync HTTP
 
 
-@dataclass
-class Reply:
-    status: int
-    headers: dict[str, str]
+class _JsonBody:
+    """The JSON body of an answer and its contract error code, if any."""
+
     body: bytes
-    seconds: float
 
     def json(self):
         try:
@@ -246,6 +244,15 @@ class Reply:
         if isinstance(j, dict) and isinstance(j.get("error"), dict):
             return j["error"].get("code")
         return None
+
+
+@dataclass
+class Reply(_JsonBody):
+    status: int
+    headers: dict[str, str]
+    body: bytes
+    seconds: float
+
 
 
 def call(port: int, method: str, path: str, body=None, *, token: str | None = None,
@@ -293,7 +300,7 @@ def unique(prefix: str) -> str:
 
 
 @dataclass
-class Result:
+class Result(_JsonBody):
     """One request as the client saw it."""
 
     status: int | None  # None: no HTTP answer (see error)
@@ -310,18 +317,6 @@ class Result:
     def latency(self) -> float:
         return self.finished - self.started
 
-    def json(self):
-        try:
-            return json.loads(self.body or b"null")
-        except ValueError:
-            return None
-
-    @property
-    def code(self) -> str | None:
-        j = self.json()
-        if isinstance(j, dict) and isinstance(j.get("error"), dict):
-            return j["error"].get("code")
-        return None
 
 
 class _Conn:

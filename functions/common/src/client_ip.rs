@@ -275,7 +275,11 @@ mod tests {
 
         #[test]
         fn network_lists_parse_or_are_refused_without_panicking(raw in "\\PC{0,40}") {
-            let _ = raw.parse::<Networks>();
+            if let Ok(nets) = raw.parse::<Networks>() {
+                // One network per non-empty comma-separated entry, no more.
+                let entries = raw.split(',').filter(|e| !e.trim().is_empty()).count();
+                proptest::prop_assert_eq!(nets.0.len(), entries);
+            }
         }
     }
 

@@ -195,10 +195,18 @@ fn admission(wait_ms: i64) -> Admission {
 /// The same algorithm in process memory (embedded mode, one instance).
 #[derive(Default)]
 pub struct MemoryRateLimiter {
-    tats: Mutex<HashMap<String, i64>>,
+    state: Mutex<MemoryState>,
 }
 
-/// Past this many keys, the ones whose TAT is in the past are dropped.
+#[derive(Default)]
+struct MemoryState {
+    tats: HashMap<String, i64>,
+    /// Size at which the keys whose TAT is in the past are dropped: at
+    /// least [`MEMORY_PRUNE_AT`], and twice what survived the last pruning,
+    /// so a map of live keys is not rescanned on every attempt.
+    prune_at: usize,
+}
+
 const MEMORY_PRUNE_AT: usize = 100_000;
 
 #[async_trait]
@@ -209,12 +217,14 @@ impl RateLimiter for MemoryRateLimiter {
         policy: RatePolicy,
         now_ms: i64,
     ) -> Result<Admission, String> {
-        let mut tats = match self.tats.lock() {
+        let mut state = match self.state.lock() {
             Ok(guard) => guard,
             Err(poisoned) => poisoned.into_inner(),
         };
-        if tats.len() >= MEMORY_PRUNE_AT {
+        let MemoryState { tats, prune_at } = &mut *state;
+        if tats.len() >= (*prune_at).max(MEMORY_PRUNE_AT) {
             tats.retain(|_, tat| *tat > now_ms);
+            *prune_at = 2 * tats.len();
         }
         let interval = policy.interval_ms();
         let tat = tats.get(key).copied().unwrap_or(0).max(now_ms);
@@ -260,15 +270,10 @@ impl CheckoutLimits {
     /// or `off`).
     pub fn from_env(limiter: Arc<dyn RateLimiter>) -> Result<Self, common::config::ConfigError> {
         use common::config::parsed_or;
-        let default = |raw: &str| OptionalPolicy::from_str(raw).map(|p| p.0).ok().flatten();
-        let per_user = parsed_or(
-            "CHECKOUT_RATE_PER_USER",
-            OptionalPolicy(default(DEFAULT_PER_USER)),
-        )?;
-        let per_ip = parsed_or(
-            "CHECKOUT_RATE_PER_IP",
-            OptionalPolicy(default(DEFAULT_PER_IP)),
-        )?;
+        // The defaults are constants that `defaults_parse` checks.
+        let default = |raw: &str| raw.parse().unwrap_or(OptionalPolicy(None));
+        let per_user = parsed_or("CHECKOUT_RATE_PER_USER", default(DEFAULT_PER_USER))?;
+        let per_ip = parsed_or("CHECKOUT_RATE_PER_IP", default(DEFAULT_PER_IP))?;
         Ok(Self::new(limiter, per_user.0, per_ip.0))
     }
 

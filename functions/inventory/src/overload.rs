@@ -55,9 +55,11 @@ impl LedgerQueue {
 
     /// Checkouts the ledger can finish within the budget at the rate measured.
     pub fn limit(&self) -> usize {
-        let per_second = self.lock().per_second;
-        let by_rate = (per_second * self.budget.as_secs_f64()) as usize;
-        by_rate.max(self.floor)
+        self.limit_at(self.lock().per_second)
+    }
+
+    fn limit_at(&self, per_second: f64) -> usize {
+        ((per_second * self.budget.as_secs_f64()) as usize).max(self.floor)
     }
 
     pub fn in_flight(&self) -> usize {
@@ -92,7 +94,7 @@ impl LedgerQueue {
             };
             window.started = Instant::now();
             window.completed = 0;
-            let limit = ((window.per_second * self.budget.as_secs_f64()) as usize).max(self.floor);
+            let limit = self.limit_at(window.per_second);
             common::metrics::gauge("ledger_queue_limit").set(limit as i64);
         }
     }

@@ -26,6 +26,7 @@ use serde_json::json;
 use system_tests::{Options, TestStack};
 use tokio::net::TcpStream;
 
+#[derive(Clone)]
 struct Sample {
     status: u16,
     micros: u32,
@@ -157,11 +158,7 @@ fn samples_with(samples: &[Sample], status: u16) -> Vec<Sample> {
     samples
         .iter()
         .filter(|s| s.status == status)
-        .map(|s| Sample {
-            status: s.status,
-            micros: s.micros,
-            done: s.done,
-        })
+        .cloned()
         .collect()
 }
 
