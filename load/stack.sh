@@ -60,7 +60,10 @@ secrets() {
   fi
   # An explicit TOKEN_SIGNING_KEY in the environment wins (and its public key is derived).
   if [ -z "${TOKEN_SIGNING_KEY:-}" ]; then
-    set -a; . "$f"; set +a
+    set -a
+    # shellcheck disable=SC1090 # generated, outside the repository
+    . "$f"
+    set +a
   else
     export TOKEN_PUBLIC_KEY=${TOKEN_PUBLIC_KEY:-$("$BIN/auth" public-key | sed 's/^TOKEN_PUBLIC_KEY=//')}
   fi

