@@ -41,7 +41,7 @@ def _env_int(name: str, default: int) -> int:
 
 @dataclass
 class Stack:
-    """The chaos stack, as infra/chaos/with-stack.sh brings it up."""
+    """The chaos stack, as infra/chaos/chaos.sh brings it up."""
 
     stack_dir: Path = field(default_factory=lambda: Path(os.environ.get("STACK_DIR") or ROOT / ".local/chaos"))
     router_port: int = field(default_factory=lambda: _env_int("ROUTER_PORT", 18080))
