@@ -77,11 +77,19 @@ impl LedgerQueue {
             .ok()?;
         Some(QueueSlot {
             queue: self.clone(),
+            reached_ledger: false,
         })
     }
 
-    fn completed(&self) {
+    /// A place freed. Only a checkout that went to the ledger counts as a
+    /// completion of the rate: answers the gate gave at once (sold out,
+    /// limit reached, rate limited) cost the ledger nothing, and counting
+    /// them would inflate the bound in exactly the stampede it is for.
+    fn completed(&self, reached_ledger: bool) {
         self.in_flight.fetch_sub(1, Ordering::AcqRel);
+        if !reached_ledger {
+            return;
+        }
         let mut window = self.lock();
         window.completed += 1;
         let elapsed = window.started.elapsed();
@@ -111,11 +119,20 @@ impl LedgerQueue {
 /// (on any outcome, or if the request is cancelled) frees the place.
 pub struct QueueSlot {
     queue: Arc<LedgerQueue>,
+    reached_ledger: bool,
+}
+
+impl QueueSlot {
+    /// This checkout is about to wait on the ledger: its end is a ledger
+    /// completion for the measured rate.
+    pub fn reached_ledger(&mut self) {
+        self.reached_ledger = true;
+    }
 }
 
 impl Drop for QueueSlot {
     fn drop(&mut self) {
-        self.queue.completed();
+        self.queue.completed(self.reached_ledger);
     }
 }
 
@@ -142,11 +159,16 @@ mod tests {
         // 41 completions over one window (>= 0.5 s, more on a busy machine):
         // the rate is 41 / window, and 2 s of queue twice that.
         let started = Instant::now();
+        let ledger_completion = || {
+            if let Some(mut slot) = queue.try_enter() {
+                slot.reached_ledger();
+            }
+        };
         for _ in 0..40 {
-            drop(queue.try_enter());
+            ledger_completion();
         }
         std::thread::sleep(WINDOW.saturating_sub(started.elapsed()));
-        drop(queue.try_enter());
+        ledger_completion();
         let window = started.elapsed().as_secs_f64();
         let limit = queue.limit() as f64;
         let expected = 41.0 / window * 2.0;
@@ -158,6 +180,20 @@ mod tests {
             limit > 2.0,
             "the measured rate lifts the limit above the floor"
         );
+    }
+
+    #[test]
+    fn answers_that_never_reach_the_ledger_do_not_lift_the_limit() {
+        let queue = LedgerQueue::new(2, Duration::from_secs(2));
+        // A stampede on a sold-out sale: thousands of instant answers.
+        let started = Instant::now();
+        while started.elapsed() < WINDOW + Duration::from_millis(50) {
+            for _ in 0..1000 {
+                drop(queue.try_enter());
+            }
+        }
+        drop(queue.try_enter());
+        assert_eq!(queue.limit(), 2, "no ledger completion was measured");
     }
 
     #[test]

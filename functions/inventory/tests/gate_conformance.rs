@@ -11,7 +11,7 @@ use support::{gates, sale, user};
 const TTL: i64 = 15_000;
 
 async fn hold(gate: &Arc<dyn StockGate>, s: &SaleDefinition, user: &str, qty: u32) -> HoldOutcome {
-    gate.try_hold(&s.sale_id, &HoldId::random(), user, qty, now_ms(), TTL)
+    gate.try_hold(&s.sale_id, &HoldId::random(), user, qty, TTL)
         .await
         .unwrap()
 }
@@ -188,15 +188,8 @@ async fn a_replayed_hold_id_reports_the_existing_hold() {
         gate.load(&s, &[]).await.unwrap();
         let u = user();
         let id = HoldId::for_idempotency_key(&u, "key-1");
-        let h = held(
-            gate.try_hold(&s.sale_id, &id, &u, 1, now_ms(), TTL)
-                .await
-                .unwrap(),
-        );
-        let again = gate
-            .try_hold(&s.sale_id, &id, &u, 1, now_ms(), TTL)
-            .await
-            .unwrap();
+        let h = held(gate.try_hold(&s.sale_id, &id, &u, 1, TTL).await.unwrap());
+        let again = gate.try_hold(&s.sale_id, &id, &u, 1, TTL).await.unwrap();
         assert_eq!(
             again,
             HoldOutcome::Exists(HoldState::Held(h.clone())),
@@ -205,10 +198,7 @@ async fn a_replayed_hold_id_reports_the_existing_hold() {
         gate.settle(&s.sale_id, std::slice::from_ref(&h))
             .await
             .unwrap();
-        let again = gate
-            .try_hold(&s.sale_id, &id, &u, 1, now_ms(), TTL)
-            .await
-            .unwrap();
+        let again = gate.try_hold(&s.sale_id, &id, &u, 1, TTL).await.unwrap();
         assert_eq!(
             again,
             HoldOutcome::Exists(HoldState::Settled {
@@ -288,45 +278,121 @@ async fn an_unknown_sale_is_missing_and_a_rebuild_counts_confirmed_orders() {
 }
 
 #[tokio::test]
-async fn lapsed_holds_are_listed_until_resolved() {
+async fn lapsed_holds_are_claimed_by_the_gates_clock_until_resolved() {
     for (name, gate) in gates().await {
         let s = sale(5, 5);
         gate.load(&s, &[]).await.unwrap();
-        let now = now_ms();
+        let before = now_ms();
         let short = held(
-            gate.try_hold(
-                &s.sale_id,
-                &HoldId::random(),
-                &user(),
-                1,
-                now - 10_000,
-                1_000,
-            )
-            .await
-            .unwrap(),
-        );
-        let long = held(
-            gate.try_hold(&s.sale_id, &HoldId::random(), &user(), 1, now, TTL)
+            gate.try_hold(&s.sale_id, &HoldId::random(), &user(), 1, 1)
                 .await
                 .unwrap(),
         );
-        let expired = gate.expired(&s.sale_id, now, 100).await.unwrap();
-        assert_eq!(expired, vec![short.clone()], "{name}");
-        gate.release(&s.sale_id, &short).await.unwrap();
+        let long = held(
+            gate.try_hold(&s.sale_id, &HoldId::random(), &user(), 1, TTL)
+                .await
+                .unwrap(),
+        );
+        // Expiry is the gate's now + ttl (Redis and this host share a clock
+        // here, within the test's slack).
         assert!(
-            gate.expired(&s.sale_id, now, 100).await.unwrap().is_empty(),
-            "{name}"
+            (long.expires_ms - (before + TTL)).abs() < 2_000,
+            "{name}: {long:?}"
         );
-        assert_eq!(
-            gate.expired(&s.sale_id, now + TTL, 100).await.unwrap(),
-            vec![long],
-            "{name}"
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        let claimed = gate.claim_expired(&s.sale_id, 100, 60_000).await.unwrap();
+        assert_eq!(claimed, vec![short.clone()], "{name}: only the lapsed hold");
+        assert!(
+            gate.claim_expired(&s.sale_id, 100, 60_000)
+                .await
+                .unwrap()
+                .is_empty(),
+            "{name}: a claimed hold is not handed to a second sweeper"
         );
+        gate.release(&s.sale_id, &short).await.unwrap();
         assert_eq!(
             snap(&gate, &s).await.oldest_expiry_ms,
-            Some(now + TTL),
+            Some(long.expires_ms),
             "{name}"
         );
+    }
+}
+
+#[tokio::test]
+async fn a_claim_that_lapses_hands_the_hold_to_the_next_sweeper() {
+    for (name, gate) in gates().await {
+        let s = sale(5, 5);
+        gate.load(&s, &[]).await.unwrap();
+        let h = held(
+            gate.try_hold(&s.sale_id, &HoldId::random(), &user(), 1, 1)
+                .await
+                .unwrap(),
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        // The first sweeper claims it for 30 ms, then dies.
+        assert_eq!(
+            gate.claim_expired(&s.sale_id, 10, 30).await.unwrap(),
+            vec![h.clone()],
+            "{name}"
+        );
+        assert!(gate
+            .claim_expired(&s.sale_id, 10, 30)
+            .await
+            .unwrap()
+            .is_empty());
+        tokio::time::sleep(std::time::Duration::from_millis(60)).await;
+        assert_eq!(
+            gate.claim_expired(&s.sale_id, 10, 30).await.unwrap(),
+            vec![h.clone()],
+            "{name}: claimed again once the lease lapsed, the same attempt"
+        );
+        // A settled hold is never claimed again.
+        gate.settle(&s.sale_id, std::slice::from_ref(&h))
+            .await
+            .unwrap();
+        tokio::time::sleep(std::time::Duration::from_millis(60)).await;
+        assert!(
+            gate.claim_expired(&s.sale_id, 10, 30)
+                .await
+                .unwrap()
+                .is_empty(),
+            "{name}"
+        );
+        assert!(balanced(snap(&gate, &s).await), "{name}");
+    }
+}
+
+#[tokio::test]
+async fn many_sweepers_at_once_claim_each_hold_once() {
+    for (name, gate) in gates().await {
+        let s = sale(100, 100);
+        gate.load(&s, &[]).await.unwrap();
+        for _ in 0..60 {
+            held(
+                gate.try_hold(&s.sale_id, &HoldId::random(), &user(), 1, 1)
+                    .await
+                    .unwrap(),
+            );
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        let sweepers = (0..8).map(|_| {
+            let gate = gate.clone();
+            let id = s.sale_id.clone();
+            tokio::spawn(async move { gate.claim_expired(&id, 10, 60_000).await })
+        });
+        let mut seen = std::collections::HashSet::new();
+        let mut total = 0;
+        for sweeper in sweepers {
+            for hold in sweeper.await.unwrap().unwrap() {
+                total += 1;
+                seen.insert(hold.hold_id);
+            }
+        }
+        assert_eq!(
+            total, 60,
+            "{name}: 8 sweepers x 10 cover the 60 lapsed holds"
+        );
+        assert_eq!(seen.len(), 60, "{name}: no hold was handed out twice");
     }
 }
 
@@ -338,10 +404,9 @@ async fn concurrent_holds_never_take_more_than_the_stock() {
         let attempts = (0..300).map(|_| {
             let gate = gate.clone();
             let id = s.sale_id.clone();
-            tokio::spawn(async move {
-                gate.try_hold(&id, &HoldId::random(), &user(), 1, now_ms(), TTL)
-                    .await
-            })
+            tokio::spawn(
+                async move { gate.try_hold(&id, &HoldId::random(), &user(), 1, TTL).await },
+            )
         });
         let mut won = 0;
         for a in attempts {

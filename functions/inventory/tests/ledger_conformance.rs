@@ -346,3 +346,124 @@ async fn a_burst_of_orders_all_fit_and_one_user_still_gets_one() {
         );
     }
 }
+
+#[tokio::test]
+async fn a_late_void_of_an_older_attempt_never_reopens_a_newer_one() {
+    for (name, ledger) in ledgers().await {
+        let s = sale(5, 1);
+        created(&ledger, &s).await;
+        let u = user();
+        let o = order(&s, &u, 1, Some("k"));
+        let attempt = |expires_ms| Hold {
+            hold_id: o.order_id.hold_id.clone(),
+            user_id: u.clone(),
+            quantity: 1,
+            expires_ms,
+        };
+        // The newer attempt (200) is voided first; the sweeper of the older
+        // one (100) arrives late.
+        assert_eq!(
+            ledger.resolve(&s.sale_id, &attempt(200)).await.unwrap(),
+            HoldTruth::Voided,
+            "{name}"
+        );
+        assert_eq!(
+            ledger.resolve(&s.sale_id, &attempt(100)).await.unwrap(),
+            HoldTruth::Voided,
+            "{name}: the older attempt is void too"
+        );
+        for late in [200, 100] {
+            assert_eq!(
+                ledger.confirm(&request(&s, &o, late)).await.unwrap(),
+                ConfirmOutcome::Voided,
+                "{name}: attempt {late} must stay void after the older void came in"
+            );
+        }
+        assert_eq!(
+            ledger.confirmed_units(&s.sale_id).await.unwrap(),
+            0,
+            "{name}"
+        );
+        // A newer attempt still can.
+        assert_eq!(
+            ledger.confirm(&request(&s, &o, 300)).await.unwrap(),
+            ConfirmOutcome::Confirmed(o.clone()),
+            "{name}"
+        );
+    }
+}
+
+#[tokio::test]
+async fn the_ledger_refuses_an_order_taken_outside_the_sale_window() {
+    for (name, ledger) in ledgers().await {
+        let now = Utc::now();
+        let s = SaleDefinition::new(
+            &format!("t-{}", ulid::Ulid::new()),
+            "windowed",
+            5,
+            Some(1),
+            Some(&(now - chrono::Duration::minutes(10)).to_rfc3339()),
+            Some(&(now + chrono::Duration::minutes(10)).to_rfc3339()),
+            now - chrono::Duration::hours(1),
+        )
+        .unwrap();
+        created(&ledger, &s).await;
+        for (when, at) in [
+            ("before the start", now - chrono::Duration::minutes(20)),
+            ("after the end", now + chrono::Duration::minutes(20)),
+        ] {
+            let mut o = order(&s, &user(), 1, None);
+            o.created_at = at;
+            assert_eq!(
+                ledger.confirm(&request(&s, &o, 1)).await.unwrap(),
+                ConfirmOutcome::NotLive,
+                "{name}: an order {when}"
+            );
+        }
+        assert_eq!(
+            ledger.confirmed_units(&s.sale_id).await.unwrap(),
+            0,
+            "{name}"
+        );
+        let o = order(&s, &user(), 1, None);
+        assert_eq!(
+            ledger.confirm(&request(&s, &o, 1)).await.unwrap(),
+            ConfirmOutcome::Confirmed(o.clone()),
+            "{name}: inside the window"
+        );
+    }
+}
+
+#[tokio::test]
+async fn a_refused_order_in_a_burst_costs_the_others_nothing() {
+    for (name, ledger) in ledgers().await {
+        let s = sale(100, 1);
+        created(&ledger, &s).await;
+        // One user already has their unit; in a burst of 20, their second
+        // order must be refused and the 19 others confirmed.
+        let greedy = user();
+        let first = order(&s, &greedy, 1, None);
+        ledger.confirm(&request(&s, &first, 1)).await.unwrap();
+        let mut orders: Vec<Order> = (0..19).map(|_| order(&s, &user(), 1, None)).collect();
+        orders.insert(7, order(&s, &greedy, 1, None));
+        let answers = futures::future::join_all(orders.iter().map(|o| {
+            let ledger = ledger.clone();
+            let req = request(&s, o, 1);
+            async move { ledger.confirm(&req).await.unwrap() }
+        }))
+        .await;
+        for (o, answer) in orders.iter().zip(&answers) {
+            let expected = if o.user_id == greedy {
+                ConfirmOutcome::LimitReached
+            } else {
+                ConfirmOutcome::Confirmed(o.clone())
+            };
+            assert_eq!(answer, &expected, "{name}");
+        }
+        assert_eq!(
+            ledger.confirmed_units(&s.sale_id).await.unwrap(),
+            20,
+            "{name}"
+        );
+    }
+}

@@ -5,6 +5,8 @@
 //! `REDIS_URL` and `DYNAMODB_ENDPOINT` say where the backends are (defaults:
 //! the ports `just backends` uses). If they are not reachable, tests fail.
 
+pub mod scale;
+
 use std::sync::Arc;
 use std::time::Duration;
 

@@ -5,7 +5,7 @@
   "check the window, the user's limit and the stock, then take a hold" is one
   indivisible step however many thousand buyers arrive in the same
   millisecond. (The DynamoDB ledger checks the same limits again when it
-  writes the order; see ledger/dynamo.rs. Two independent locks, one truth.)
+  writes the order; see ledger/dynamo/items.rs. Two independent locks, one truth.)
 
   Keys, all hash-tagged by sale so they live in one Redis Cluster slot:
     KEYS[1] fs:{sale}:sale    hash  total limit starts ends remaining held confirmed
@@ -13,6 +13,10 @@
     KEYS[3] fs:{sale}:holds   hash  hold_id -> "h|qty|expires_ms|user" (held)
                                             or "s|qty|0|user"          (settled)
     KEYS[4] fs:{sale}:expiry  zset  hold_id scored by expires_ms (held only)
+
+  Time is Redis' own (TIME), never the caller's: every instance of every
+  function sees one clock for the sale window and for when holds lapse, so
+  a skewed pod cannot open a sale early or keep a hold alive.
 
   Invariant kept by every operation, checked by the tests:
     remaining + held + confirmed = total
@@ -23,6 +27,13 @@
 ]]
 
 local SALE, USERS, HOLDS, EXPIRY = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
+
+-- Milliseconds since the epoch by Redis' clock. (Scripts replicate their
+-- effects, not themselves, so a non-deterministic TIME is allowed.)
+local function now_ms()
+  local t = redis.call('TIME')
+  return tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+end
 
 local function parse(rec)
   local state, qty, expires, user = string.match(rec, '^(%a)|(%d+)|(%-?%d+)|(.*)$')
@@ -66,18 +77,19 @@ end
 local op = ARGV[1]
 
 if op == 'hold' then
-  -- ARGV: hold_id user_id qty now_ms ttl_ms
-  local id, user, qty, now = ARGV[2], ARGV[3], tonumber(ARGV[4]), tonumber(ARGV[5])
+  -- ARGV: hold_id user_id qty ttl_ms
+  local id, user, qty = ARGV[2], ARGV[3], tonumber(ARGV[4])
   local existing = redis.call('HGET', HOLDS, id)
   if existing then return {'exists', existing} end
   local f = redis.call('HMGET', SALE, 'remaining', 'held', 'limit', 'starts', 'ends')
   if not f[1] then return {'missing'} end
+  local now = now_ms()
   if now < tonumber(f[4]) then return {'upcoming'} end
   if now >= tonumber(f[5]) then return {'ended'} end
   if tonumber(f[1]) < qty then return {'sold_out', f[2], f[1]} end
   local taken = tonumber(redis.call('HGET', USERS, user) or '0')
   if taken + qty > tonumber(f[3]) then return {'limit'} end
-  local expires = now + tonumber(ARGV[6])
+  local expires = now + tonumber(ARGV[5])
   redis.call('HINCRBY', SALE, 'remaining', -qty)
   redis.call('HINCRBY', SALE, 'held', qty)
   redis.call('HINCRBY', USERS, user, qty)
@@ -118,13 +130,19 @@ elseif op == 'lookup' then
   -- ARGV: hold_id
   return redis.call('HGET', HOLDS, ARGV[2])
 
-elseif op == 'expired' then
-  -- ARGV: now_ms max. Returns hold_id, record pairs; changes nothing.
-  local ids = redis.call('ZRANGEBYSCORE', EXPIRY, '-inf', ARGV[2], 'LIMIT', 0, tonumber(ARGV[3]))
+elseif op == 'claim' then
+  -- ARGV: max lease_ms. Lapsed holds, oldest first, each *claimed* for
+  -- lease_ms: its expiry score moves to now + lease, so the sweeps of other
+  -- instances (or this one's next) skip it while one resolves it. If that
+  -- resolver dies, the lease lapses and the hold is claimed again. The
+  -- record keeps its own expiry: that is the attempt's identity.
+  local now = now_ms()
+  local ids = redis.call('ZRANGEBYSCORE', EXPIRY, '-inf', now, 'LIMIT', 0, tonumber(ARGV[2]))
   local out = {}
   for _, id in ipairs(ids) do
     local rec = redis.call('HGET', HOLDS, id)
-    if rec then
+    if rec and string.sub(rec, 1, 1) == 'h' then
+      redis.call('ZADD', EXPIRY, now + tonumber(ARGV[3]), id)
       table.insert(out, id)
       table.insert(out, rec)
     else

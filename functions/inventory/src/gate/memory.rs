@@ -7,7 +7,7 @@ use std::sync::{Mutex, MutexGuard};
 use async_trait::async_trait;
 
 use super::{GateError, GateSnapshot, Hold, HoldOutcome, HoldState, StockGate};
-use crate::sale::{HoldId, SaleDefinition, SaleId};
+use crate::sale::{now_ms, HoldId, SaleDefinition, SaleId};
 
 #[derive(Default)]
 struct SaleGate {
@@ -20,10 +20,25 @@ struct SaleGate {
     confirmed: i64,
     users: HashMap<String, i64>,
     holds: HashMap<HoldId, HoldState>,
+    /// Open holds by when they are next due for a sweep: their expiry, or
+    /// the end of a sweeper's claim on them (`score` is that instant).
     expiry: BTreeSet<(i64, HoldId)>,
+    score: HashMap<HoldId, i64>,
 }
 
 impl SaleGate {
+    fn schedule(&mut self, id: &HoldId, at: i64) {
+        self.unschedule(id);
+        self.expiry.insert((at, id.clone()));
+        self.score.insert(id.clone(), at);
+    }
+
+    fn unschedule(&mut self, id: &HoldId) {
+        if let Some(at) = self.score.remove(id) {
+            self.expiry.remove(&(at, id.clone()));
+        }
+    }
+
     fn adopt(&mut self, order: &Hold) {
         let qty = i64::from(order.quantity);
         self.remaining -= qty;
@@ -45,7 +60,7 @@ impl SaleGate {
                 let qty = i64::from(hold.quantity);
                 self.held -= qty;
                 self.confirmed += qty;
-                self.expiry.remove(&(hold.expires_ms, hold.hold_id.clone()));
+                self.unschedule(&hold.hold_id);
                 self.holds.insert(
                     hold.hold_id.clone(),
                     HoldState::Settled {
@@ -106,9 +121,9 @@ impl StockGate for MemoryGate {
         hold_id: &HoldId,
         user_id: &str,
         quantity: u32,
-        now_ms: i64,
         ttl_ms: i64,
     ) -> Result<HoldOutcome, GateError> {
+        let now_ms = now_ms();
         let mut sales = self.sales();
         let Some(gate) = sales.get_mut(sale) else {
             return Ok(HoldOutcome::Missing);
@@ -144,7 +159,7 @@ impl StockGate for MemoryGate {
         *gate.users.entry(user_id.to_owned()).or_default() += qty;
         gate.holds
             .insert(hold_id.clone(), HoldState::Held(hold.clone()));
-        gate.expiry.insert((hold.expires_ms, hold_id.clone()));
+        gate.schedule(hold_id, hold.expires_ms);
         Ok(HoldOutcome::Held(hold))
     }
 
@@ -175,7 +190,7 @@ impl StockGate for MemoryGate {
             }
         }
         gate.holds.remove(&hold.hold_id);
-        gate.expiry.remove(&(current.expires_ms, current.hold_id));
+        gate.unschedule(&current.hold_id);
         Ok(true)
     }
 
@@ -190,26 +205,35 @@ impl StockGate for MemoryGate {
             .and_then(|g| g.holds.get(hold_id).cloned()))
     }
 
-    async fn expired(
+    async fn claim_expired(
         &self,
         sale: &SaleId,
-        now_ms: i64,
         max: usize,
+        lease_ms: i64,
     ) -> Result<Vec<Hold>, GateError> {
-        let sales = self.sales();
-        let Some(gate) = sales.get(sale) else {
+        let now = now_ms();
+        let mut sales = self.sales();
+        let Some(gate) = sales.get_mut(sale) else {
             return Ok(Vec::new());
         };
-        Ok(gate
+        let due: Vec<HoldId> = gate
             .expiry
             .iter()
-            .take_while(|(expires, _)| *expires <= now_ms)
+            .take_while(|(at, _)| *at <= now)
             .take(max)
-            .filter_map(|(_, id)| match gate.holds.get(id) {
-                Some(HoldState::Held(h)) => Some(h.clone()),
-                _ => None,
-            })
-            .collect())
+            .map(|(_, id)| id.clone())
+            .collect();
+        let mut claimed = Vec::with_capacity(due.len());
+        for id in due {
+            match gate.holds.get(&id) {
+                Some(HoldState::Held(h)) => {
+                    claimed.push(h.clone());
+                    gate.schedule(&id, now + lease_ms);
+                }
+                _ => gate.unschedule(&id),
+            }
+        }
+        Ok(claimed)
     }
 
     async fn snapshot(&self, sale: &SaleId) -> Result<Option<GateSnapshot>, GateError> {

@@ -78,14 +78,15 @@ pub trait StockGate: Send + Sync + 'static {
     /// sold. Returns `false` (and changes nothing) if the gate has it already.
     async fn load(&self, sale: &SaleDefinition, confirmed: &[Hold]) -> Result<bool, GateError>;
 
-    /// The atomic check-and-take at the heart of checkout.
+    /// The atomic check-and-take at the heart of checkout. The sale window
+    /// and the hold's expiry are judged by the gate's own clock (Redis'
+    /// `TIME`), never the caller's: one clock for every instance.
     async fn try_hold(
         &self,
         sale: &SaleId,
         hold_id: &HoldId,
         user_id: &str,
         quantity: u32,
-        now_ms: i64,
         ttl_ms: i64,
     ) -> Result<HoldOutcome, GateError>;
 
@@ -101,9 +102,16 @@ pub trait StockGate: Send + Sync + 'static {
     async fn lookup(&self, sale: &SaleId, hold_id: &HoldId)
         -> Result<Option<HoldState>, GateError>;
 
-    /// Holds whose time is up, oldest first, at most `max` of them.
-    async fn expired(&self, sale: &SaleId, now_ms: i64, max: usize)
-        -> Result<Vec<Hold>, GateError>;
+    /// Holds whose time is up (by the gate's clock), oldest first, at most
+    /// `max` of them, each *claimed* for `lease_ms`: no other call returns
+    /// it until the lease lapses, so of many instances sweeping one sale,
+    /// one resolves a given hold (and if it dies, another does later).
+    async fn claim_expired(
+        &self,
+        sale: &SaleId,
+        max: usize,
+        lease_ms: i64,
+    ) -> Result<Vec<Hold>, GateError>;
 
     async fn snapshot(&self, sale: &SaleId) -> Result<Option<GateSnapshot>, GateError>;
 

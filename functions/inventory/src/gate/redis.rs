@@ -98,7 +98,6 @@ impl StockGate for RedisGate {
         hold_id: &HoldId,
         user_id: &str,
         quantity: u32,
-        now_ms: i64,
         ttl_ms: i64,
     ) -> Result<HoldOutcome, GateError> {
         let args = vec![
@@ -106,7 +105,6 @@ impl StockGate for RedisGate {
             hold_id.to_string(),
             user_id.to_owned(),
             quantity.to_string(),
-            now_ms.to_string(),
             ttl_ms.to_string(),
         ];
         let reply: Vec<Value> = self.call(sale, args).await?;
@@ -179,13 +177,13 @@ impl StockGate for RedisGate {
         Ok(rec.and_then(|r| parse_record(hold_id, &r)))
     }
 
-    async fn expired(
+    async fn claim_expired(
         &self,
         sale: &SaleId,
-        now_ms: i64,
         max: usize,
+        lease_ms: i64,
     ) -> Result<Vec<Hold>, GateError> {
-        let args = vec!["expired".to_owned(), now_ms.to_string(), max.to_string()];
+        let args = vec!["claim".to_owned(), max.to_string(), lease_ms.to_string()];
         let flat: Vec<String> = self.call(sale, args).await?;
         Ok(flat
             .chunks(2)

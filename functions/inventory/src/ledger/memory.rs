@@ -73,7 +73,7 @@ impl Ledger for MemoryLedger {
             Some(Entry::Confirmed(existing)) => {
                 return Ok(ConfirmOutcome::AlreadyConfirmed(existing.clone()))
             }
-            Some(Entry::Void { attempt }) if *attempt == req.attempt => {
+            Some(Entry::Void { attempt }) if *attempt >= req.attempt => {
                 return Ok(ConfirmOutcome::Voided)
             }
             _ => {}
@@ -96,9 +96,14 @@ impl Ledger for MemoryLedger {
             }
         }
         let qty = u64::from(o.quantity);
-        let Some((_, confirmed)) = state.sales.get(o.sale_id()) else {
+        let Some((sale, confirmed)) = state.sales.get(o.sale_id()) else {
             return Ok(ConfirmOutcome::SoldOut);
         };
+        // In milliseconds, as the gate and DynamoDB keep time.
+        let at = o.created_at.timestamp_millis();
+        if at < sale.starts_ms() || at >= sale.ends_ms() {
+            return Ok(ConfirmOutcome::NotLive);
+        }
         if *confirmed + qty > req.stock_total {
             return Ok(ConfirmOutcome::SoldOut);
         }
@@ -124,8 +129,13 @@ impl Ledger for MemoryLedger {
     async fn resolve(&self, sale_id: &SaleId, hold: &Hold) -> Result<HoldTruth, LedgerError> {
         let mut state = self.state();
         let key = (sale_id.clone(), hold.user_id.clone(), hold.hold_id.clone());
-        if let Some(Entry::Confirmed(order)) = state.orders.get(&key) {
-            return Ok(HoldTruth::Confirmed(order.clone()));
+        match state.orders.get(&key) {
+            Some(Entry::Confirmed(order)) => return Ok(HoldTruth::Confirmed(order.clone())),
+            // A newer attempt's void stands; this older attempt is void too.
+            Some(Entry::Void { attempt }) if *attempt > hold.expires_ms => {
+                return Ok(HoldTruth::Voided)
+            }
+            _ => {}
         }
         state.orders.insert(
             key,

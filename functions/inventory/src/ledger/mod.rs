@@ -27,7 +27,9 @@ use crate::sale::{Order, OrderId, SaleDefinition, SaleId};
 pub struct ConfirmRequest {
     pub order: Order,
     /// Tells this attempt apart from an earlier, voided one of the same
-    /// order id (the hold's expiry, unique per hold taken).
+    /// order id: the hold's expiry, unique per hold taken and later for a
+    /// later hold of the same id (one clock, the gate's). A void marker of
+    /// an attempt refuses that attempt and every older one.
     pub attempt: i64,
     pub stock_total: u64,
     pub per_user_limit: u32,
@@ -42,6 +44,9 @@ pub enum ConfirmOutcome {
     Voided,
     SoldOut,
     LimitReached,
+    /// The hold was taken outside the sale's window (by the gate's clock):
+    /// the ledger keeps the window too, whatever an instance's clock says.
+    NotLive,
     /// The Idempotency-Key names another order already.
     KeyUsed(Order),
 }
@@ -72,6 +77,7 @@ pub trait Ledger: Send + Sync + 'static {
     async fn confirmed_units(&self, sale_id: &SaleId) -> Result<u64, LedgerError>;
     async fn confirm(&self, request: &ConfirmRequest) -> Result<ConfirmOutcome, LedgerError>;
     /// Voids the hold's attempt unless its order is confirmed, and says which.
+    /// A void never replaces the void of a newer attempt.
     async fn resolve(&self, sale_id: &SaleId, hold: &Hold) -> Result<HoldTruth, LedgerError>;
     /// A confirmed order of this user (someone else's is `None`).
     async fn order(&self, order_id: &OrderId, user_id: &str) -> Result<Option<Order>, LedgerError>;

@@ -18,6 +18,9 @@ pub fn settings() -> common::config::Settings {
     s.dynamodb_endpoint =
         Some(std::env::var("DYNAMODB_ENDPOINT").unwrap_or_else(|_| "http://127.0.0.1:8000".into()));
     s.store = common::config::StoreMode::Aws;
+    // DynamoDB Local on a busy 2-core machine can take seconds per call;
+    // the production default (2 s) is for the real service.
+    s.backend_timeout_ms = 15_000;
     s
 }
 
@@ -53,7 +56,33 @@ pub async fn gates() -> Vec<(&'static str, Arc<dyn StockGate>)> {
 
 /// A DynamoDB Local ledger on a table of its own, so test runs never meet.
 pub async fn dynamo_ledger() -> Arc<dyn Ledger> {
+    Arc::new(dynamo_ledger_at(settings()).await)
+}
+
+/// The same through the limits proxy (`infra/ddb-limits`): DynamoDB's
+/// per-partition budgets, transaction conflicts (each transaction held
+/// `tx_latency` so they overlap as on the real service) and token rules.
+/// The proxy lives as long as the test's runtime.
+pub async fn limited_ledger(config: ddb_limits::Config) -> (DynamoLedger, ddb_limits::Proxy) {
+    let proxy = ddb_limits::start(config)
+        .await
+        .expect("start the DynamoDB limits proxy");
     let mut s = settings();
+    s.dynamodb_endpoint = Some(proxy.endpoint());
+    (dynamo_ledger_at(s).await, proxy)
+}
+
+/// Keeps a proxy listening until the test's runtime ends (dropping a
+/// `Proxy` stops it).
+pub fn keep_alive(proxy: ddb_limits::Proxy) {
+    static PROXIES: std::sync::Mutex<Vec<ddb_limits::Proxy>> = std::sync::Mutex::new(Vec::new());
+    PROXIES
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .push(proxy);
+}
+
+async fn dynamo_ledger_at(mut s: common::config::Settings) -> DynamoLedger {
     s.ledger_table = format!("test-ledger-{}", ulid::Ulid::new());
     let client = common::backends::dynamodb(&s).await;
     let ledger = DynamoLedger::new(client, &s.ledger_table);
@@ -63,13 +92,20 @@ pub async fn dynamo_ledger() -> Arc<dyn Ledger> {
             s.dynamodb_endpoint
         );
     }
-    Arc::new(ledger)
+    ledger
 }
 
 pub async fn ledgers() -> Vec<(&'static str, Arc<dyn Ledger>)> {
+    let (limited, proxy) = limited_ledger(ddb_limits::Config {
+        tx_latency: std::time::Duration::from_millis(5),
+        ..Default::default()
+    })
+    .await;
+    keep_alive(proxy);
     vec![
         ("memory", Arc::new(MemoryLedger::default())),
         ("dynamodb", dynamo_ledger().await),
+        ("dynamodb+limits", Arc::new(limited)),
     ]
 }
 

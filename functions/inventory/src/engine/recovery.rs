@@ -1,0 +1,240 @@
+//! Recovery: everything that repairs what a fault left behind, so that no
+//! stock leaks for good (guarantee 4) and the gate agrees with the ledger
+//! (guarantee 5). None of it is on the checkout's critical path, and none
+//! of it needs an always-on process: requests that touch a sale start it.
+
+use std::time::Duration;
+
+use super::{due, lock, Breakdown, Inventory, Result, SweepReport};
+use crate::error::InventoryError;
+use crate::gate::{GateSnapshot, Hold};
+use crate::ledger::{as_settled_hold, HoldTruth};
+use crate::sale::{rfc3339, SaleDefinition, SaleId};
+
+/// Lapsed holds one sweep claims at most.
+const SWEEP_BATCH: usize = 500;
+/// Holds resolved at once by one sweep.
+const SWEEP_WIDTH: usize = 32;
+/// Early resolves of uncertain checkouts running at once per instance.
+pub(super) const EARLY_RESOLVES: usize = 16;
+
+/// A number in [0, 1), different at every call (no `rand` needed for this).
+fn jitter() -> f64 {
+    use std::hash::{BuildHasher, RandomState};
+    let bits = RandomState::new().hash_one(std::time::Instant::now());
+    (bits >> 11) as f64 / (1u64 << 53) as f64
+}
+
+impl Inventory {
+    pub(super) async fn snapshot_or_rebuild(&self, sale: &SaleDefinition) -> Result<GateSnapshot> {
+        if let Some(s) = self.inner.gate.snapshot(&sale.sale_id).await? {
+            return Ok(s);
+        }
+        self.rebuild(sale).await?;
+        self.inner
+            .gate
+            .snapshot(&sale.sale_id)
+            .await?
+            .ok_or_else(|| InventoryError::Unavailable("gate lost the sale again".into()))
+    }
+
+    /// Reloads a sale the gate does not have (Redis restarted empty) from
+    /// the ledger: the sale and every confirmed order, in one atomic load.
+    /// Orders confirmed while this runs are adopted when they settle.
+    pub(super) async fn rebuild(&self, sale: &SaleDefinition) -> Result<()> {
+        let _one_at_a_time = self.inner.rebuilding.lock().await;
+        if self.inner.gate.snapshot(&sale.sale_id).await?.is_some() {
+            return Ok(()); // someone else just did it
+        }
+        let orders = self.inner.ledger.sale_orders(&sale.sale_id).await?;
+        let holds: Vec<Hold> = orders.iter().map(as_settled_hold).collect();
+        if self.inner.gate.load(sale, &holds).await? {
+            common::metrics::counter("gate_rebuilds_total").inc();
+            tracing::warn!(sale_id = %sale.sale_id, orders = orders.len(), "gate rebuilt from the ledger");
+        }
+        Ok(())
+    }
+
+    // ------------------------------------------------------------ upkeep
+
+    /// Resolves the lapsed holds of a sale by asking the ledger, a few at
+    /// a time. Each is claimed first (`claim_expired`), so of many
+    /// instances sweeping one sale, one resolves a given hold.
+    pub async fn sweep(&self, sale_id: &SaleId) -> Result<SweepReport> {
+        use futures::StreamExt;
+        let lease = self.inner.config.claim_lease.as_millis() as i64;
+        let claimed = self
+            .inner
+            .gate
+            .claim_expired(sale_id, SWEEP_BATCH, lease)
+            .await?;
+        let outcomes: Vec<Result<HoldTruth>> = futures::stream::iter(claimed)
+            .map(|hold| async move { self.resolve_hold(sale_id, &hold).await })
+            .buffer_unordered(SWEEP_WIDTH)
+            .collect()
+            .await;
+        let mut report = SweepReport::default();
+        for outcome in outcomes {
+            match outcome {
+                Ok(HoldTruth::Confirmed(_)) => report.settled += 1,
+                Ok(HoldTruth::Voided) => report.released += 1,
+                Err(e) => {
+                    tracing::warn!(%sale_id, error = %e, "could not resolve a lapsed hold");
+                    report.unresolved += 1;
+                }
+            }
+        }
+        if report != SweepReport::default() {
+            common::metrics::counter("holds_expired_total").add(report.settled + report.released);
+            tracing::info!(%sale_id, ?report, "swept lapsed holds");
+        }
+        Ok(report)
+    }
+
+    /// Asks the ledger what became of a hold (voiding it unless its order
+    /// is there) and ends the hold in the gate accordingly.
+    async fn resolve_hold(&self, sale_id: &SaleId, hold: &Hold) -> Result<HoldTruth> {
+        let truth = self.inner.ledger.resolve(sale_id, hold).await?;
+        match truth {
+            HoldTruth::Confirmed(_) => {
+                self.inner
+                    .gate
+                    .settle(sale_id, std::slice::from_ref(hold))
+                    .await?;
+            }
+            HoldTruth::Voided => {
+                if self.inner.gate.release(sale_id, hold).await? {
+                    self.forget_refusal(sale_id);
+                }
+            }
+        }
+        Ok(truth)
+    }
+
+    /// After an answer we could not trust, find the truth soon rather than
+    /// when the hold lapses: wait out the write that may still be in flight,
+    /// then resolve. (If this process dies first, or is frozen, as a Lambda
+    /// environment is between requests, the sweeper does it.)
+    pub(super) fn resolve_later(&self, sale_id: &SaleId, hold: Hold) {
+        common::metrics::counter("checkouts_uncertain_total").inc();
+        let this = self.clone();
+        let sale_id = sale_id.clone();
+        tokio::spawn(async move {
+            // Spread out: after an outage, every checkout that timed out in
+            // it would otherwise ask the recovering ledger in the same
+            // instant, and at most EARLY_RESOLVES at once per instance.
+            let timeout = this.inner.config.ledger_timeout;
+            tokio::time::sleep(timeout + timeout.mul_f64(jitter() / 2.0)).await;
+            let Ok(_turn) = this.inner.early_resolves.acquire().await else {
+                return;
+            };
+            if let Err(e) = this.resolve_hold(&sale_id, &hold).await {
+                tracing::warn!(%sale_id, error = %e, "early resolve failed; the sweeper will retry");
+            }
+        });
+    }
+
+    /// Starts a sweep of the sale unless one ran within `sweep_interval` or
+    /// one is still running in this process: in a spawned task, or, where
+    /// background tasks are frozen between requests (`inline_upkeep`),
+    /// inside this request, bounded by the ledger timeout (a claim it does
+    /// not finish lapses and is taken again by a later sweep).
+    pub(super) async fn start_sweep(&self, sale_id: &SaleId) {
+        if self.inner.config.inline_upkeep {
+            if due(
+                &self.inner.last_sweep,
+                sale_id,
+                self.inner.config.sweep_interval,
+            ) {
+                let budget = self.inner.config.ledger_timeout;
+                match tokio::time::timeout(budget, self.sweep(sale_id)).await {
+                    Ok(Err(e)) => tracing::warn!(%sale_id, error = %e, "inline sweep failed"),
+                    Err(_) => {
+                        tracing::warn!(%sale_id, "inline sweep ran out of time; the rest is claimed again later")
+                    }
+                    Ok(Ok(_)) => {}
+                }
+            }
+            return;
+        }
+        self.sweep_in_background(sale_id);
+    }
+
+    fn sweep_in_background(&self, sale_id: &SaleId) {
+        if !due(
+            &self.inner.last_sweep,
+            sale_id,
+            self.inner.config.sweep_interval,
+        ) {
+            return;
+        }
+        if !lock(&self.inner.sweeping).insert(sale_id.clone()) {
+            return;
+        }
+        let this = self.clone();
+        let sale_id = sale_id.clone();
+        tokio::spawn(async move {
+            if let Err(e) = this.sweep(&sale_id).await {
+                tracing::warn!(%sale_id, error = %e, "background sweep failed");
+            }
+            lock(&this.inner.sweeping).remove(&sale_id);
+        });
+    }
+
+    pub(super) fn reconcile_in_background(&self, sale_id: &SaleId) {
+        if !due(&self.inner.last_reconcile, sale_id, Duration::from_secs(2)) {
+            return;
+        }
+        let this = self.clone();
+        let sale_id = sale_id.clone();
+        tokio::spawn(async move {
+            if let Err(e) = this.reconcile(&sale_id).await {
+                tracing::warn!(%sale_id, error = %e, "background reconcile failed");
+            }
+        });
+    }
+
+    /// Brings the gate in line with the ledger: resolves lapsed holds,
+    /// rebuilds the sale if the gate lost it, and counts every confirmed
+    /// order the gate does not know. Safe at any time, on a live sale.
+    pub async fn reconcile(&self, sale_id: &SaleId) -> Result<Breakdown> {
+        let sale = self.definition(sale_id).await?;
+        self.snapshot_or_rebuild(&sale).await?;
+        self.sweep(sale_id).await?;
+        let orders = self.inner.ledger.sale_orders(sale_id).await?;
+        let holds: Vec<Hold> = orders.iter().map(as_settled_hold).collect();
+        match self.inner.gate.settle(sale_id, &holds).await? {
+            Some(adopted) if adopted > 0 => {
+                tracing::warn!(%sale_id, adopted, "reconcile counted orders the gate had missed")
+            }
+            Some(_) => {}
+            None => self.rebuild(&sale).await?,
+        }
+        self.breakdown(sale_id).await
+    }
+
+    /// Guarantee 5's terms, as both stores see them now.
+    pub async fn breakdown(&self, sale_id: &SaleId) -> Result<Breakdown> {
+        let sale = self.definition(sale_id).await?;
+        let snap = self.snapshot_or_rebuild(&sale).await?;
+        let ledger_confirmed = self.inner.ledger.confirmed_units(sale_id).await?;
+        let total = sale.stock_total as i64;
+        let lc = ledger_confirmed as i64;
+        Ok(Breakdown {
+            sale_id: sale_id.to_string(),
+            stock_total: sale.stock_total,
+            stock_remaining: snap.remaining,
+            held: snap.held,
+            confirmed: snap.confirmed,
+            ledger_confirmed,
+            open_holds: snap.open_holds,
+            oldest_hold_expires_at: snap
+                .oldest_expiry_ms
+                .and_then(chrono::DateTime::from_timestamp_millis)
+                .map(rfc3339),
+            balanced: snap.remaining + snap.held + snap.confirmed == total,
+            consistent: snap.confirmed <= lc && lc <= snap.confirmed + snap.held && lc <= total,
+            hold_ttl_seconds: self.inner.config.hold_ttl.as_secs(),
+        })
+    }
+}
