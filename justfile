@@ -15,7 +15,7 @@ export ADMIN_TOKEN := env("ADMIN_TOKEN", "dev-admin-token")
 default:
     @just --list --unsorted
 
-# Bring up Redis, DynamoDB Local, the three functions and the router on :8080, run a demo sale; Ctrl-C stops all (--fresh wipes state)
+# Bring up Redis, DynamoDB Local, the three functions and the router on :8080, run a demo sale; Ctrl-C stops all (--fresh wipes state; --ddb-limits puts real DynamoDB limits in between)
 up *ARGS:
     infra/local/stack.sh up {{ARGS}}
 

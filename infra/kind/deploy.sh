@@ -237,7 +237,7 @@ cmd_deploy_kn() {
   kn_apply order \
     --env HOLD_TTL_SECONDS=15 \
     --env CHECKOUT_RATE_PER_USER=100/10s --env CHECKOUT_RATE_PER_IP=1000/10s \
-    --env CLIENT_IP_SOURCE=x-forwarded-for \
+    --env CLIENT_IP_SOURCE=x-forwarded-for --env TRUSTED_PROXIES=127.0.0.0/8,::1,10.244.0.0/16 \
     --scale-metric rps --scale-max 20 --scale-target 2000 --scale-utilization 70 --concurrency-limit 1200 \
     --timeout 10 --request cpu=250m,memory=128Mi --limit cpu=1,memory=256Mi
   print_urls

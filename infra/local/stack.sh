@@ -111,6 +111,9 @@ backends() {
   say "backends ready: redis://127.0.0.1:$REDIS_PORT  http://127.0.0.1:$DYNAMODB_PORT"
 }
 
+# The signing key pair lives in .local/secrets.env. Only auth is given the
+# private half, as on the platforms: stock and order get the public key, and
+# only stock the admin token. Nothing is exported to every function.
 secrets() {
   local f="$LOCAL/secrets.env"
   if [ ! -s "$f" ]; then
@@ -119,12 +122,21 @@ secrets() {
     mv "$f.tmp" "$f"
     chmod 600 "$f"
   fi
-  set -a
-  # shellcheck disable=SC1090 # generated above, outside the repository
-  . "$f"
-  set +a
+  SIGNING_KEY=$(sed -n 's/^TOKEN_SIGNING_KEY=//p' "$f")
+  PUBLIC_KEY=$(sed -n 's/^TOKEN_PUBLIC_KEY=//p' "$f")
+  [ -n "$SIGNING_KEY" ] && [ -n "$PUBLIC_KEY" ] || die "$f lacks TOKEN_SIGNING_KEY or TOKEN_PUBLIC_KEY (delete it to regenerate)"
   # The development default; export your own ADMIN_TOKEN for anything shared.
-  export ADMIN_TOKEN=${ADMIN_TOKEN:-dev-admin-token}
+  ADMIN=${ADMIN_TOKEN:-dev-admin-token}
+  unset TOKEN_SIGNING_KEY TOKEN_PUBLIC_KEY ADMIN_TOKEN
+}
+
+# What each function may see of the secrets, as `env` arguments in SECRET_ENV.
+secret_env() { # name
+  case "$1" in
+    auth) SECRET_ENV=(TOKEN_SIGNING_KEY="$SIGNING_KEY") ;;
+    stock) SECRET_ENV=(TOKEN_PUBLIC_KEY="$PUBLIC_KEY" ADMIN_TOKEN="$ADMIN") ;;
+    *) SECRET_ENV=(TOKEN_PUBLIC_KEY="$PUBLIC_KEY") ;;
+  esac
 }
 
 env_common() { # [dynamodb port]
@@ -135,8 +147,68 @@ env_common() { # [dynamodb port]
 start_function() { # name port metrics_port
   local name=$1 port=$2
   if port_open "$port"; then die "port $port is in use (is the stack already up? try 'just down')"; fi
-  PORT=$port METRICS_PORT=$3 "$BIN/$name" >"$LOGS/$name.log" 2>&1 &
+  secret_env "$name"
+  # A simple command in the background: $! is the function's own pid
+  # (env execs it), so the supervisor and `down` signal the function itself.
+  env "${SECRET_ENV[@]}" PORT="$port" METRICS_PORT="$3" "$BIN/$name" >>"$LOGS/$name.log" 2>&1 &
   echo $! >"$PIDS/$name.pid"
+  disown $! # the supervisor reports deaths itself
+}
+
+start_router() {
+  ROUTER_LISTEN="127.0.0.1:$ROUTER_PORT" AUTH_URL="http://127.0.0.1:$AUTH_PORT" STOCK_URL="http://127.0.0.1:$STOCK_PORT" \
+    ORDER_URL="http://127.0.0.1:$ORDER_PORT" "$BIN/local-router" >>"$LOGS/router.log" 2>&1 &
+  echo $! >"$PIDS/router.pid"
+  disown $!
+}
+
+start_one() { # name
+  case "$1" in
+    auth) start_function auth "$AUTH_PORT" $((METRICS_PORT_BASE + 1)) ;;
+    stock) start_function stock "$STOCK_PORT" $((METRICS_PORT_BASE + 2)) ;;
+    order) start_function order "$ORDER_PORT" $((METRICS_PORT_BASE + 3)) ;;
+    router) start_router ;;
+  esac
+}
+
+# Like Knative or Lambda, which start a new instance when one dies: a
+# function that exits is started again (and said so); one that dies
+# CRASH_LIMIT times within CRASH_WINDOW seconds is a crash loop, and the
+# stack stops with the log to read.
+CRASH_LIMIT=${CRASH_LIMIT:-5}
+CRASH_WINDOW=${CRASH_WINDOW:-60}
+supervise() {
+  declare -A deaths=()
+  while true; do
+    for name in auth stock order router; do
+      local pid; pid=$(cat "$PIDS/$name.pid" 2>/dev/null || echo 0)
+      kill -0 "$pid" 2>/dev/null && continue
+      local recent="" t
+      for t in ${deaths[$name]:-} $SECONDS; do
+        if ((SECONDS - t < CRASH_WINDOW)); then recent="$recent $t"; fi
+      done
+      deaths[$name]=$recent
+      # shellcheck disable=SC2086 # a list of numbers
+      set -- $recent
+      if (($# >= CRASH_LIMIT)); then
+        say "$name died $# times in ${CRASH_WINDOW}s: a crash loop, giving up (see .local/logs/$name.log)"
+        tail -n 5 "$LOGS/$name.log" >&2 || true
+        stop_all
+        exit 1
+      fi
+      say "$name exited; starting it again ($# in ${CRASH_WINDOW}s; see .local/logs/$name.log)"
+      # Its port may take a moment to be free again.
+      local port_var="${name^^}_PORT"
+      for _ in $(seq 1 100); do port_open "${!port_var}" || break; sleep 0.1; done
+      if port_open "${!port_var}"; then
+        say "port ${!port_var} of $name is still taken by something else; stopping"
+        stop_all
+        exit 1
+      fi
+      start_one "$name"
+    done
+    sleep 1
+  done
 }
 
 healthy() { curl -fsS "http://127.0.0.1:$1/healthz" >/dev/null; }
@@ -187,8 +259,8 @@ up() {
   (cd "$ROOT" && cargo build --quiet --profile "$PROFILE" --bins)
   secrets
   env_common
-  "$BIN/auth" migrate
-  "$BIN/stock" migrate
+  secret_env auth; env "${SECRET_ENV[@]}" "$BIN/auth" migrate
+  secret_env stock; env "${SECRET_ENV[@]}" "$BIN/stock" migrate
   trap 'echo; say "stopping"; stop_all; exit 0' INT TERM
   local ddb_port=$DYNAMODB_PORT
   if [ -n "$limits" ]; then
@@ -196,46 +268,38 @@ up() {
     ddb_port=$DDB_LIMITS_PORT
     env_common "$ddb_port"
   fi
-  start_function auth "$AUTH_PORT" $((METRICS_PORT_BASE + 1))
-  start_function stock "$STOCK_PORT" $((METRICS_PORT_BASE + 2))
-  start_function order "$ORDER_PORT" $((METRICS_PORT_BASE + 3))
-  ROUTER_LISTEN="127.0.0.1:$ROUTER_PORT" AUTH_URL="http://127.0.0.1:$AUTH_PORT" STOCK_URL="http://127.0.0.1:$STOCK_PORT" \
-    ORDER_URL="http://127.0.0.1:$ORDER_PORT" "$BIN/local-router" >"$LOGS/router.log" 2>&1 &
-  echo $! >"$PIDS/router.pid"
+  for name in auth stock order router; do start_one "$name"; done
   wait_for auth 30 healthy "$AUTH_PORT"
   wait_for stock 30 healthy "$STOCK_PORT"
   wait_for order 30 healthy "$ORDER_PORT"
   wait_for router 30 port_open "$ROUTER_PORT"
   say "stack up in $((SECONDS - started))s"
-  "$ROOT/infra/local/demo.sh" "http://127.0.0.1:$ROUTER_PORT" || say "demo sale failed (see above); the stack is still up"
+  ADMIN_TOKEN=$ADMIN "$ROOT/infra/local/demo.sh" "http://127.0.0.1:$ROUTER_PORT" || say "demo sale failed (see above); the stack is still up"
+  # The curl lines name the admin token in force: the development default
+  # as is, your own by its variable (your shell has it; it is not printed).
+  local admin_shown='dev-admin-token'
+  [ "$ADMIN" = dev-admin-token ] || admin_shown='$ADMIN_TOKEN'
+  local admin_note="default dev-admin-token"
+  [ "$ADMIN" = dev-admin-token ] || admin_note="yours, from \$ADMIN_TOKEN"
   cat <<MSG
 
   Base URL      http://127.0.0.1:$ROUTER_PORT   (/auth/*, /stock/*, /orders*)
   Functions     auth :$AUTH_PORT   stock :$STOCK_PORT   order :$ORDER_PORT   (metrics on :$((METRICS_PORT_BASE + 1))-$((METRICS_PORT_BASE + 3))/metrics, loopback only)
   Backends      redis://127.0.0.1:$REDIS_PORT   DynamoDB Local http://127.0.0.1:$DYNAMODB_PORT$([ -n "$limits" ] && echo "   (functions use the limits proxy :$ddb_port)")
-  Logs          .local/logs/*.log       Admin token: \$ADMIN_TOKEN (default dev-admin-token)
+  Logs          .local/logs/*.log       Admin token: $admin_note
 
   Try:
     curl -s localhost:$ROUTER_PORT/stock/sales/demo
     curl -s -XPOST localhost:$ROUTER_PORT/auth/register -H 'content-type: application/json' -d '{"username":"alice","password":"correct horse battery"}'
     TOKEN=\$(curl -s -XPOST localhost:$ROUTER_PORT/auth/login -H 'content-type: application/json' -d '{"username":"alice","password":"correct horse battery"}' | python3 -c 'import json,sys; print(json.load(sys.stdin)["access_token"])')
     curl -s -XPOST localhost:$ROUTER_PORT/orders -H "authorization: Bearer \$TOKEN" -H 'content-type: application/json' -d '{"sale_id":"demo"}'
-    curl -s -XPOST localhost:$ROUTER_PORT/stock/sales -H 'authorization: Bearer dev-admin-token' -H 'content-type: application/json' -d '{"sale_id":"phones","name":"Phones","stock":1000,"per_user_limit":2}'
+    curl -s -XPOST localhost:$ROUTER_PORT/stock/sales -H "authorization: Bearer $admin_shown" -H 'content-type: application/json' -d '{"sale_id":"phones","name":"Phones","stock":1000,"per_user_limit":2}'
 
-  Ctrl-C (or 'just down' from another shell) stops everything.
+  Ctrl-C (or 'just down' from another shell) stops everything. A function
+  that dies is started again, as Knative or Lambda would.
 MSG
   if [ -n "${STACK_DETACH:-}" ]; then trap - INT TERM; return 0; fi
-  # Wait for the functions; if one dies, say so and stop the rest.
-  while true; do
-    for name in auth stock order router; do
-      if ! kill -0 "$(cat "$PIDS/$name.pid" 2>/dev/null || echo 0)" 2>/dev/null; then
-        say "$name exited (see .local/logs/$name.log); stopping"
-        stop_all
-        exit 1
-      fi
-    done
-    sleep 1
-  done
+  supervise
 }
 
 status() {

@@ -14,6 +14,7 @@ use common::{ApiError, ApiResult};
 use crate::domain::{Password, Username};
 use crate::hasher::Overloaded;
 use crate::store::{StoreError, UserRecord};
+use crate::throttle::{Attempt, ThrottleUnavailable};
 use crate::AuthState;
 
 pub fn router(state: AuthState) -> Router {
@@ -101,41 +102,62 @@ async fn login(
     // A username that cannot exist is just another unknown user: same
     // answer, same work, so nothing distinguishes it from the outside.
     let key = body.username.to_lowercase();
-    match state.throttle.locked_for(&key).await {
-        Ok(Some(retry_after_secs)) => return Err(ApiError::TooManyAttempts { retry_after_secs }),
-        Ok(None) => {}
-        // Failing open keeps logins working while Redis is down; argon2's
-        // cost still bounds guessing, and the outage is logged.
-        Err(problem) => tracing::warn!(problem, "login throttle unavailable; failing open"),
+    // The attempt takes its slot before anything is looked up or hashed
+    // (see `throttle.rs`): that is what bounds the guesses checked.
+    match state.throttle.attempt(&key).await.map_err(throttle_down)? {
+        Attempt::Admitted => {}
+        Attempt::Locked { retry_after_secs } => {
+            return Err(ApiError::TooManyAttempts { retry_after_secs })
+        }
     }
-    let user = match Username::parse(&body.username) {
+    match check_password(&state, &body.username, body.password).await {
+        Ok(Some(user_id)) => {
+            if let Err(e) = state.throttle.clear(&key).await {
+                tracing::warn!(error = %e, "could not clear login attempts");
+            }
+            let now = chrono::Utc::now().timestamp();
+            Ok(Json(LoggedIn {
+                access_token: state.signer.issue(&user_id, now),
+                token_type: "Bearer",
+                expires_in: state.signer.ttl_secs(),
+            }))
+        }
+        // A wrong password (or no such user) keeps its slot.
+        Ok(None) => Err(ApiError::InvalidCredentials),
+        // Nothing was checked: the slot goes back, so a shed login does
+        // not count against the person who will retry it.
+        Err(e) => {
+            if let Err(refund) = state.throttle.refund(&key).await {
+                tracing::warn!(error = %refund, "could not give a login slot back");
+            }
+            Err(e)
+        }
+    }
+}
+
+/// The user id if `username` names a user and `password` is theirs. Unknown
+/// users cost one full verification too (against a dummy hash).
+async fn check_password(
+    state: &AuthState,
+    username: &str,
+    password: String,
+) -> ApiResult<Option<String>> {
+    let user = match Username::parse(username) {
         Ok(username) => state.users.find(&username).await.map_err(store_error)?,
         Err(_) => None,
     };
-    let user_id = user.as_ref().map(|u| u.user_id.clone());
-    let verified = state
-        .hasher
-        .verify(body.password, user.map(|u| u.password_hash))
-        .await
-        .map_err(shed)?;
-    let user_id = match (verified, user_id) {
-        (true, Some(user_id)) => user_id,
-        _ => {
-            if let Err(problem) = state.throttle.record_failure(&key).await {
-                tracing::warn!(problem, "could not record a failed login");
-            }
-            return Err(ApiError::InvalidCredentials);
-        }
+    let (user_id, stored) = match user {
+        Some(u) => (Some(u.user_id), Some(u.password_hash)),
+        None => (None, None),
     };
-    if let Err(problem) = state.throttle.clear(&key).await {
-        tracing::warn!(problem, "could not clear failed logins");
-    }
-    let now = chrono::Utc::now().timestamp();
-    Ok(Json(LoggedIn {
-        access_token: state.signer.issue(&user_id, now),
-        token_type: "Bearer",
-        expires_in: state.signer.ttl_secs(),
-    }))
+    let verified = state.hasher.verify(password, stored).await.map_err(shed)?;
+    Ok(user_id.filter(|_| verified))
+}
+
+fn throttle_down(e: ThrottleUnavailable) -> ApiError {
+    // Fail closed: without a count, nothing bounds the guesses checked.
+    tracing::warn!(error = %e, "login refused: the attempt could not be counted");
+    ApiError::overloaded()
 }
 
 async fn jwks(State(state): State<AuthState>) -> Json<serde_json::Value> {

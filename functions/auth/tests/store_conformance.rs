@@ -1,5 +1,6 @@
 //! One suite, every implementation: `UserStore` (DynamoDB Local and memory)
-//! and `LoginThrottle` (Redis and memory). The real backends must be
+//! and `LoginThrottle` (Redis and memory), including the atomic slot that
+//! bounds concurrent guesses. The real backends must be
 //! reachable (`just backends`); a missing one fails the suite.
 
 use std::sync::Arc;
@@ -7,7 +8,7 @@ use std::time::Duration;
 
 use auth::domain::Username;
 use auth::store::{DynamoUserStore, MemoryUserStore, StoreError, UserRecord, UserStore};
-use auth::throttle::{LoginThrottle, MemoryThrottle, RedisThrottle, ThrottlePolicy};
+use auth::throttle::{Attempt, LoginThrottle, MemoryThrottle, RedisThrottle, ThrottlePolicy};
 
 fn settings() -> common::config::Settings {
     let mut s = common::config::Settings::memory();
@@ -121,44 +122,137 @@ async fn concurrent_inserts_of_one_name_store_exactly_one() {
     }
 }
 
+fn locked_secs(attempt: Attempt) -> Option<u64> {
+    match attempt {
+        Attempt::Admitted => None,
+        Attempt::Locked { retry_after_secs } => Some(retry_after_secs),
+    }
+}
+
 #[tokio::test]
-async fn failures_lock_an_account_until_the_window_ends_and_success_clears() {
+async fn attempts_take_slots_until_the_account_locks_for_the_rest_of_the_window() {
     let policy = ThrottlePolicy {
         max_failures: 3,
         window: Duration::from_secs(2),
     };
     for (name, throttle) in throttles(policy).await {
         let who = unique();
-        for _ in 0..2 {
-            throttle.record_failure(&who).await.unwrap();
+        for i in 0..3 {
+            assert_eq!(
+                throttle.attempt(&who).await.unwrap(),
+                Attempt::Admitted,
+                "{name}: slot {i}"
+            );
         }
-        assert_eq!(
-            throttle.locked_for(&who).await.unwrap(),
-            None,
-            "{name}: under the limit"
-        );
-        throttle.record_failure(&who).await.unwrap();
-        let locked = throttle.locked_for(&who).await.unwrap();
+        let locked = locked_secs(throttle.attempt(&who).await.unwrap());
         assert!(matches!(locked, Some(1..=2)), "{name}: {locked:?}");
         assert_eq!(
-            throttle.locked_for(&unique()).await.unwrap(),
-            None,
+            throttle.attempt(&unique()).await.unwrap(),
+            Attempt::Admitted,
             "{name}: per account"
         );
         tokio::time::sleep(Duration::from_millis(2100)).await;
         assert_eq!(
-            throttle.locked_for(&who).await.unwrap(),
-            None,
+            throttle.attempt(&who).await.unwrap(),
+            Attempt::Admitted,
             "{name}: the window ended"
         );
-        for _ in 0..3 {
-            throttle.record_failure(&who).await.unwrap();
+    }
+}
+
+#[tokio::test]
+async fn a_refund_gives_one_slot_back_and_a_clear_all_of_them() {
+    let policy = ThrottlePolicy {
+        max_failures: 2,
+        window: Duration::from_secs(60),
+    };
+    for (name, throttle) in throttles(policy).await {
+        let who = unique();
+        for _ in 0..2 {
+            assert_eq!(throttle.attempt(&who).await.unwrap(), Attempt::Admitted);
         }
-        throttle.clear(&who).await.unwrap();
+        assert!(locked_secs(throttle.attempt(&who).await.unwrap()).is_some());
+        throttle.refund(&who).await.unwrap();
         assert_eq!(
-            throttle.locked_for(&who).await.unwrap(),
-            None,
-            "{name}: cleared"
+            throttle.attempt(&who).await.unwrap(),
+            Attempt::Admitted,
+            "{name}: the refunded slot"
+        );
+        assert!(
+            locked_secs(throttle.attempt(&who).await.unwrap()).is_some(),
+            "{name}: only one slot came back"
+        );
+        throttle.clear(&who).await.unwrap();
+        for _ in 0..2 {
+            assert_eq!(
+                throttle.attempt(&who).await.unwrap(),
+                Attempt::Admitted,
+                "{name}: cleared"
+            );
+        }
+        // A refund never makes more slots than the policy has.
+        let fresh = unique();
+        for _ in 0..5 {
+            throttle.refund(&fresh).await.unwrap();
+        }
+        for _ in 0..2 {
+            assert_eq!(throttle.attempt(&fresh).await.unwrap(), Attempt::Admitted);
+        }
+        assert!(
+            locked_secs(throttle.attempt(&fresh).await.unwrap()).is_some(),
+            "{name}: refunds below zero are ignored"
         );
     }
+}
+
+#[tokio::test]
+async fn two_hundred_concurrent_attempts_on_two_instances_get_exactly_the_slots() {
+    let policy = ThrottlePolicy {
+        max_failures: 5,
+        window: Duration::from_secs(60),
+    };
+    // Two Redis throttles on two connections stand for two auth instances;
+    // the memory one is a single instance, raced from many tasks.
+    let redis = |p| async move {
+        throttles(p)
+            .await
+            .into_iter()
+            .find(|(n, _)| *n == "redis")
+            .map(|(_, t)| t)
+            .expect("a redis throttle")
+    };
+    let memory: Arc<dyn LoginThrottle> = Arc::new(MemoryThrottle::new(policy));
+    let pairs: Vec<(&str, [Arc<dyn LoginThrottle>; 2])> = vec![
+        ("memory", [memory.clone(), memory]),
+        ("redis", [redis(policy).await, redis(policy).await]),
+    ];
+    for (name, instances) in pairs {
+        let who = unique();
+        let attempts = (0..200).map(|i| {
+            let throttle = instances[i % 2].clone();
+            let who = who.clone();
+            tokio::spawn(async move { throttle.attempt(&who).await })
+        });
+        let mut admitted = 0;
+        for a in futures::future::join_all(attempts).await {
+            match a.unwrap().unwrap() {
+                Attempt::Admitted => admitted += 1,
+                Attempt::Locked { retry_after_secs } => {
+                    assert!((1..=60).contains(&retry_after_secs), "{name}")
+                }
+            }
+        }
+        assert_eq!(admitted, 5, "{name}: exactly max_failures slots");
+    }
+}
+
+#[tokio::test]
+async fn an_unreachable_redis_is_reported_not_admitted() {
+    let mut s = settings();
+    s.redis_url = "redis://127.0.0.1:1".into();
+    s.backend_timeout_ms = 300;
+    let conn = common::backends::redis(&s).expect("valid REDIS_URL");
+    let throttle = RedisThrottle::new(conn, ThrottlePolicy::default());
+    assert!(throttle.attempt(&unique()).await.is_err());
+    assert!(throttle.ready().await.is_err());
 }

@@ -211,6 +211,10 @@ fn knative_identity() -> Option<(&'static str, &'static str)> {
 }
 
 /// `GET /healthz`: `200 {"status":"ok"}` when the backends answer, else `503`.
+///
+/// Which backend failed, and how, goes to the log only: the probe is public
+/// (Knative, a load balancer, anyone with the URL), and a backend's error
+/// text names hosts, tables, ports and versions an attacker should not learn.
 pub fn health_response(readiness: Result<(), String>) -> Response {
     match readiness {
         Ok(()) => (
@@ -223,7 +227,7 @@ pub fn health_response(readiness: Result<(), String>) -> Response {
             let mut response = error_response(
                 StatusCode::SERVICE_UNAVAILABLE,
                 "unavailable",
-                &format!("not ready: {problem}"),
+                "not ready: a backend is unavailable; try again shortly",
             );
             response
                 .headers_mut()
@@ -396,6 +400,29 @@ mod tests {
         assert_eq!(json["error"]["code"], "overloaded");
         assert_eq!(headers["retry-after"], "1");
         assert_eq!(slow.await.unwrap().0, StatusCode::OK);
+    }
+
+    #[tokio::test]
+    async fn an_unready_health_answer_names_no_backend() {
+        let problem = "dynamodb table flashsale-ledger: ResourceNotFoundException: \
+            arn:aws:dynamodb:us-east-1:123456789012:table/x; redis: Connection refused (os error 111)";
+        let response = health_response(Err(problem.to_owned()));
+        assert_eq!(response.status(), StatusCode::SERVICE_UNAVAILABLE);
+        assert_eq!(response.headers()["retry-after"], "1");
+        let bytes = response.into_body().collect().await.unwrap().to_bytes();
+        let body: serde_json::Value = serde_json::from_slice(&bytes).unwrap();
+        assert_eq!(body["error"]["code"], "unavailable");
+        let text = body.to_string().to_lowercase();
+        for leak in [
+            "dynamodb",
+            "redis",
+            "arn:",
+            "exception",
+            "os error",
+            "flashsale-ledger",
+        ] {
+            assert!(!text.contains(leak), "{leak} in {text}");
+        }
     }
 
     #[tokio::test]

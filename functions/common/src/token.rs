@@ -13,6 +13,10 @@ use serde::{Deserialize, Serialize};
 
 use crate::config::ConfigError;
 
+mod cache;
+
+use cache::VerifiedTokens;
+
 /// No legitimate token of ours comes near this; bigger ones are refused unread.
 pub const MAX_TOKEN_BYTES: usize = 2048;
 /// Clock skew tolerated between the issuer and a verifier.
@@ -144,7 +148,7 @@ impl TokenSigner {
             keys: vec![(self.kid.clone(), self.key.verifying_key())],
             issuer: self.issuer.clone(),
             audience: self.audience.clone(),
-            verified: Default::default(),
+            verified: verified_cache(),
         }
     }
 
@@ -190,17 +194,23 @@ impl TokenSigner {
 ///
 /// A stampede presents the same few thousand tokens over and over, and an
 /// Ed25519 verification costs tens of microseconds, so tokens that verified
-/// are remembered (bounded; expiry is still checked on every use).
+/// are remembered (bounded, sharded, evicted gradually: see `token/cache.rs`;
+/// expiry is still checked on every use).
 #[derive(Clone)]
 pub struct TokenVerifier {
     keys: Vec<(String, VerifyingKey)>,
     issuer: String,
     audience: String,
-    verified: std::sync::Arc<std::sync::RwLock<std::collections::HashMap<Box<str>, Claims>>>,
+    verified: std::sync::Arc<VerifiedTokens>,
 }
 
-/// How many verified tokens are remembered before the memory starts afresh.
+/// About how many verified tokens are remembered (one per buyer of a big
+/// sale); a full cache drops a little at a time, never all at once.
 const VERIFIED_CACHE_SIZE: usize = 100_000;
+
+fn verified_cache() -> std::sync::Arc<VerifiedTokens> {
+    std::sync::Arc::new(VerifiedTokens::new(VERIFIED_CACHE_SIZE))
+}
 
 impl std::fmt::Debug for TokenVerifier {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -240,27 +250,22 @@ impl TokenVerifier {
             keys,
             issuer: issuer.to_owned(),
             audience: audience.to_owned(),
-            verified: Default::default(),
+            verified: verified_cache(),
         })
     }
 
     /// Like [`verify`](Self::verify), remembering tokens that verified.
     pub fn verify_cached(&self, token: &str, now: i64) -> Result<Claims, TokenError> {
-        let known = self
-            .verified
-            .read()
-            .ok()
-            .and_then(|m| m.get(token).cloned());
-        if let Some(claims) = known {
+        if token.len() > MAX_TOKEN_BYTES {
+            return Err(TokenError::TooLarge);
+        }
+        if let Some(claims) = self.verified.get(token) {
             return Self::check_time(claims, now);
         }
+        // Verified outside any lock: a burst of new tokens is checked in
+        // parallel, and only the insert takes (one shard's) lock.
         let claims = self.verify(token, now)?;
-        if let Ok(mut m) = self.verified.write() {
-            if m.len() >= VERIFIED_CACHE_SIZE {
-                m.clear();
-            }
-            m.insert(token.into(), claims.clone());
-        }
+        self.verified.insert(token, claims.clone());
         Ok(claims)
     }
 

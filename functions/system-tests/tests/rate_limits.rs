@@ -12,14 +12,14 @@ fn policy(raw: &str) -> Option<inventory::admission::RatePolicy> {
     Some(raw.parse().expect("valid policy"))
 }
 
-/// A fresh documentation-range address, so test runs never share a budget.
+/// A fresh documentation-range address in a /64 of its own (IPv6 clients
+/// are counted per /64), so test runs never share a budget.
 fn random_ip() -> String {
     let bits = ulid::Ulid::new().random() as u64;
     format!(
-        "2001:db8::{:x}:{:x}:{:x}:{:x}",
+        "2001:db8:{:x}:{:x}::{:x}",
         (bits >> 48) as u16,
         (bits >> 32) as u16,
-        (bits >> 16) as u16,
         bits as u16
     )
 }
@@ -89,9 +89,13 @@ async fn many_accounts_from_one_address_are_limited_and_the_address_cannot_be_sp
         per_user_rate: None,
         per_ip_rate: policy("4/1m"),
         // As under Knative: the client's address is the right-most entry of
-        // X-Forwarded-For that is not one of our proxies (loopback, private).
+        // X-Forwarded-For that is not one of our proxies (loopback and the
+        // pod CIDR, which a cluster sets in TRUSTED_PROXIES).
         client_ip: ClientIpPolicy {
             source: ClientIpSource::ForwardedFor,
+            trusted_proxies: "127.0.0.0/8, ::1, 10.244.0.0/16"
+                .parse()
+                .expect("valid networks"),
             exempt: Networks::default(),
             ..ClientIpPolicy::default()
         },
@@ -110,7 +114,7 @@ async fn many_accounts_from_one_address_are_limited_and_the_address_cannot_be_sp
     r.assert_error(429, "rate_limited");
     assert!((1..=15).contains(&retry_after(&r)));
     // Writing another address in front does not help: our proxy appends the
-    // real one, and that is the one that counts (private hops skipped).
+    // real one, and that is the one that counts (our pod hops skipped).
     let spoofed = format!("{other}, {bot}, 10.244.0.7");
     let r = checkout_from(&stack, &fifth, &sale, &spoofed).await;
     r.assert_error(429, "rate_limited");
