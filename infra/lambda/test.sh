@@ -127,7 +127,7 @@ cleanup() {
   if redis-cli -p "${REDIS_PORT}" ping >/dev/null 2>&1; then
     redis-cli -p "${REDIS_PORT}" --scan --pattern "fs:{${SALE_ID}*" \
       | xargs -r redis-cli -p "${REDIS_PORT}" del >/dev/null
-    redis-cli -p "${REDIS_PORT}" del "fs:login-failures:${USERNAME}" >/dev/null
+    redis-cli -p "${REDIS_PORT}" del "fs:login-attempts:${USERNAME}" >/dev/null
   fi
   ddb DeleteTable "{\"TableName\":\"${USERS_TABLE}\"}" >/dev/null 2>&1
   ddb DeleteTable "{\"TableName\":\"${LEDGER_TABLE}\"}" >/dev/null 2>&1
