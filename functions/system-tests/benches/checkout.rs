@@ -365,10 +365,14 @@ fn main() {
         "overload": {"offered": offered, "goodput": goodput, "goodput_ratio": goodput / success.rate, "admitted_p99_ms": admitted.p99_ms, "shed": shed.requests, "shed_p50_ms": shed.p50_ms, "shed_p99_ms": shed.p99_ms, "server_rejections_within_10ms": fast_share},
         "stampede": {"all_answered_s": stampede.elapsed.as_secs_f64(), "sold_out_s": sold_out_after.as_secs_f64(), "sold": sold, "p99_ms": stampede.p99_ms},
     });
-    let _ = std::fs::write(
-        "target/bench-checkout.json",
-        serde_json::to_vec_pretty(&out).unwrap_or_default(),
+    // Benches run in the package directory: name the workspace's target/.
+    let path = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../../target/bench-checkout.json"
     );
+    if let Err(e) = std::fs::write(path, serde_json::to_vec_pretty(&out).unwrap_or_default()) {
+        eprintln!("could not write {path}: {e}");
+    }
     drop(stack);
     server_rt.shutdown_timeout(Duration::from_secs(1));
 }
