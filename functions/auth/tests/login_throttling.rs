@@ -1,5 +1,5 @@
 //! The login route and its throttle together, in process on memory stores
-//! (the Redis twin and two instances are in `system-tests/tests/abuse_hardening.rs`):
+//! (the Redis twin and two instances are in `system-tests/tests/abuse_logins.rs`):
 //! the number of passwords actually checked is what is asserted, counted by
 //! the hashing pool itself.
 
