@@ -1,24 +1,30 @@
 // Soak: steady mixed load for DURATION (default 5m), open model (arrival
 // rates, so a slow system gets more concurrent requests, not fewer):
-//   READ_RATE/s      stock views (default 100/s)
-//   CHECKOUT_RATE/s  checkouts by USERS real accounts (default 20/s; 80 % on a
-//                    sale that never sells out, 20 % on a small one that sells
-//                    out early and then exercises the sold-out path)
+//   READ_RATE/s      stock views (default 50/s per core of GEN_CORES, run.sh: nproc;
+//                    100/s with GEN_CORES unset)
+//   CHECKOUT_RATE/s  checkouts by USERS real accounts (default 10/s per core,
+//                    20/s unset; 80 % on a sale that never sells out, 20 % on a
+//                    small one that sells out early and then exercises the
+//                    sold-out path)
 //   LOGIN_RATE/s     logins (default 1/s), REGISTER_EVERY s one new account (2 s)
-// setup() registers and logs in USERS (20) accounts; tokens older than 10
-// minutes are refreshed by the VU holding them.
+// setup() registers and logs in USERS accounts (default CHECKOUT_RATE, at least
+// 20: one checkout per user per second stays far inside the per-user rate
+// limit); tokens older than 10 minutes are refreshed by the VU holding them.
 //
-// Env: BASE_URL, ADMIN_TOKEN, DURATION, READ_RATE, CHECKOUT_RATE, LOGIN_RATE,
+// Env: BASE_URL (or AUTH_URL, STOCK_URL, ORDER_URL), ADMIN_TOKEN, DURATION, READ_RATE, CHECKOUT_RATE, LOGIN_RATE,
 // REGISTER_EVERY, USERS, STOCK_SMALL, and the threshold knobs below.
 import exec from "k6/execution";
 import {
   RUN_ID,
   TREND_STATS,
+  byCores,
   checkout,
   createSale,
   envInt,
   envStr,
+  generatorThresholds,
   login,
+  probeScenario,
   register,
   seconds,
   stockView,
@@ -26,13 +32,16 @@ import {
   verifyReplay,
 } from "./lib.js";
 
+export { generatorProbe } from "./lib.js";
+
 const DURATION = envStr("DURATION", "5m");
-const READ_RATE = envInt("READ_RATE", 100);
-const CHECKOUT_RATE = envInt("CHECKOUT_RATE", 20);
+const READ_RATE = envInt("READ_RATE", byCores(50, 100));
+const CHECKOUT_RATE = envInt("CHECKOUT_RATE", byCores(10, 20));
 const LOGIN_RATE = envInt("LOGIN_RATE", 1);
 const REGISTER_EVERY = envInt("REGISTER_EVERY", 2);
-const USERS = envInt("USERS", 20);
+const USERS = envInt("USERS", Math.max(20, CHECKOUT_RATE));
 const STOCK_SMALL = envInt("STOCK_SMALL", 100);
+const ARRIVALS = Math.floor(seconds(DURATION) * (READ_RATE + CHECKOUT_RATE + LOGIN_RATE + 1 / REGISTER_EVERY));
 
 const P99_CHECKOUT_MS = envInt("P99_CHECKOUT_MS", 20);
 const P99_SOLD_OUT_MS = envInt("P99_SOLD_OUT_MS", 5);
@@ -41,7 +50,7 @@ const P99_LOGIN_MS = envInt("P99_LOGIN_MS", 1000);
 const MAX_ERROR_RATE = Number(envStr("MAX_ERROR_RATE", "0.01"));
 
 function rate(r) {
-  return { executor: "constant-arrival-rate", rate: r, timeUnit: "1s", duration: DURATION, preAllocatedVUs: Math.max(5, r / 5), maxVUs: Math.max(20, r * 2) };
+  return { executor: "constant-arrival-rate", rate: r, timeUnit: "1s", duration: DURATION, preAllocatedVUs: Math.max(5, Math.ceil(r / 5)), maxVUs: Math.max(20, r * 2) };
 }
 
 export const options = {
@@ -52,6 +61,7 @@ export const options = {
     checkouts: { ...rate(CHECKOUT_RATE), exec: "checkouts" },
     logins: { ...rate(LOGIN_RATE), exec: "logins" },
     registers: { ...rate(1), timeUnit: `${REGISTER_EVERY}s`, preAllocatedVUs: 2, maxVUs: 10, exec: "registers" },
+    probe: probeScenario("soak", DURATION),
   },
   thresholds: {
     unexpected_errors: [`rate<${MAX_ERROR_RATE}`],
@@ -60,7 +70,7 @@ export const options = {
     stock_view: [`p(99)<${P99_STOCK_MS}`],
     auth_login: [`p(99)<${P99_LOGIN_MS}`],
     replay_mismatch: ["count==0"],
-    dropped_iterations: ["count<10"],
+    ...generatorThresholds(["soak"], ARRIVALS),
   },
 };
 
@@ -118,5 +128,5 @@ export function registers() {
 }
 
 export function handleSummary(data) {
-  return summarize("soak", data);
+  return summarize("soak", data, ARRIVALS);
 }

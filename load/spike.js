@@ -1,5 +1,7 @@
-// Spike: the seed's scenario. Ramp to VUS (200) virtual users in RAMP (30s),
+// Spike: the seed's scenario. Ramp to VUS virtual users in RAMP (30s),
 // hold for DURATION (2m; CI uses e.g. DURATION=20s), ramp down in 10s.
+// VUS defaults to VUS_PER_CORE (50) per core of GEN_CORES (run.sh: nproc),
+// so 100 on 2 cores; with GEN_CORES unset, the seed's 200.
 // Every VU is a person: it registers and logs in (argon2 on the auth
 // function; a 503 overloaded is retried after Retry-After), then loops:
 //   60 % read a sale's stock view
@@ -7,21 +9,24 @@
 //        with the same key and must return the very same order)
 //    5 % log in again (token refresh), 5 % register a throwaway account
 // with 0.5-1.5 s of think time. Two sales are created in setup(): "main"
-// (STOCK_MAIN units, limit 2, so 200 buyers can nearly empty it) and "small"
+// (STOCK_MAIN units, default 1.5 × VUS, limit 2, so the buyers can nearly empty it) and "small"
 // (STOCK_SMALL units, default VUS/4, sells out in seconds: the sold-out path under load).
 //
-// Env: BASE_URL, ADMIN_TOKEN, VUS, RAMP, DURATION, STOCK_MAIN, STOCK_SMALL,
+// Env: BASE_URL (or AUTH_URL, STOCK_URL, ORDER_URL), ADMIN_TOKEN, VUS, VUS_PER_CORE, RAMP, DURATION, STOCK_MAIN, STOCK_SMALL,
 // and the threshold knobs below.
 import { sleep } from "k6";
 import exec from "k6/execution";
 import {
   RUN_ID,
   TREND_STATS,
+  byCores,
   checkout,
   createSale,
   envInt,
   envStr,
+  generatorThresholds,
   login,
+  probeScenario,
   register,
   seconds,
   stockView,
@@ -29,10 +34,12 @@ import {
   verifyReplay,
 } from "./lib.js";
 
-const VUS = envInt("VUS", 200);
+export { generatorProbe } from "./lib.js";
+
+const VUS = envInt("VUS", byCores(envInt("VUS_PER_CORE", 50), 200));
 const RAMP = envStr("RAMP", "30s");
 const DURATION = envStr("DURATION", "2m");
-const STOCK_MAIN = envInt("STOCK_MAIN", 300);
+const STOCK_MAIN = envInt("STOCK_MAIN", Math.round(1.5 * VUS));
 // A quarter of the buyers can get one unit each: it sells out for sure.
 const STOCK_SMALL = envInt("STOCK_SMALL", Math.max(1, Math.floor(VUS / 4)));
 
@@ -57,6 +64,7 @@ export const options = {
       ],
       gracefulRampDown: "10s",
     },
+    probe: probeScenario("spike", `${seconds(RAMP) + seconds(DURATION) + 10}s`),
   },
   thresholds: {
     unexpected_errors: [`rate<${MAX_ERROR_RATE}`],
@@ -65,6 +73,8 @@ export const options = {
     stock_view: [`p(99)<${P99_STOCK_MS}`],
     auth_login: [`p(99)<${P99_LOGIN_MS}`],
     replay_mismatch: ["count==0"],
+    // Closed model: VUs wait for answers, so nothing is dropped; k6 can only run late.
+    ...generatorThresholds(["spike"], 0),
   },
 };
 
