@@ -275,6 +275,16 @@ pub fn now_ms() -> i64 {
     Utc::now().timestamp_millis()
 }
 
+/// `base` plus up to `spread` of it, different at every call: retries and
+/// delayed work spread out instead of arriving together. (No `rand` needed
+/// for this.)
+pub fn jittered(base: std::time::Duration, spread: f64) -> std::time::Duration {
+    use std::hash::{BuildHasher, RandomState};
+    let bits = RandomState::new().hash_one(std::time::Instant::now());
+    let fraction = (bits >> 11) as f64 / (1u64 << 53) as f64;
+    base + base.mul_f64(fraction * spread)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

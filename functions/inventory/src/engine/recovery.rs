@@ -9,7 +9,7 @@ use super::{due, lock, Breakdown, Inventory, Result, SweepReport};
 use crate::error::InventoryError;
 use crate::gate::{GateSnapshot, Hold};
 use crate::ledger::{as_settled_hold, HoldTruth};
-use crate::sale::{rfc3339, SaleDefinition, SaleId};
+use crate::sale::{jittered, rfc3339, SaleDefinition, SaleId};
 
 /// Lapsed holds one sweep claims at most.
 const SWEEP_BATCH: usize = 500;
@@ -17,13 +17,6 @@ const SWEEP_BATCH: usize = 500;
 const SWEEP_WIDTH: usize = 32;
 /// Early resolves of uncertain checkouts running at once per instance.
 pub(super) const EARLY_RESOLVES: usize = 16;
-
-/// A number in [0, 1), different at every call (no `rand` needed for this).
-fn jitter() -> f64 {
-    use std::hash::{BuildHasher, RandomState};
-    let bits = RandomState::new().hash_one(std::time::Instant::now());
-    (bits >> 11) as f64 / (1u64 << 53) as f64
-}
 
 impl Inventory {
     pub(super) async fn snapshot_or_rebuild(&self, sale: &SaleDefinition) -> Result<GateSnapshot> {
@@ -124,7 +117,7 @@ impl Inventory {
             // it would otherwise ask the recovering ledger in the same
             // instant, and at most EARLY_RESOLVES at once per instance.
             let timeout = this.inner.config.ledger_timeout;
-            tokio::time::sleep(timeout + timeout.mul_f64(jitter() / 2.0)).await;
+            tokio::time::sleep(jittered(timeout, 0.5)).await;
             let Ok(_turn) = this.inner.early_resolves.acquire().await else {
                 return;
             };

@@ -33,7 +33,7 @@ use tokio::sync::oneshot;
 
 use super::items::{codes_by_order, refused, CONDITION_FAILED};
 use super::{ConfirmOutcome, ConfirmRequest, Inner, LedgerError};
-use crate::sale::SaleId;
+use crate::sale::{jittered, SaleId};
 
 /// Attempts of one transaction (a conflict on a hot item, a throttle or an
 /// unknown outcome each cost one) before the checkout is answered `503`;
@@ -241,8 +241,7 @@ impl Inner {
                     });
                 }
             }
-            tokio::time::sleep(backoff + Duration::from_millis(jitter(backoff.as_millis() as u64)))
-                .await;
+            tokio::time::sleep(jittered(backoff, 1.0)).await;
             backoff = (backoff * 2).min(Duration::from_millis(200));
         }
         Err(match maybe_applied {
@@ -363,9 +362,4 @@ fn client_token(batch: &[&ConfirmRequest]) -> String {
         .iter()
         .map(|b| format!("{b:02x}"))
         .collect()
-}
-
-fn jitter(max: u64) -> u64 {
-    use std::hash::{BuildHasher, RandomState};
-    RandomState::new().hash_one(std::time::Instant::now()) % max.max(1)
 }

@@ -147,19 +147,15 @@ impl Inner {
         let first = batch
             .first()
             .ok_or_else(|| LedgerError::Definite("empty batch".into()))?;
-        let created = batch.iter().map(|r| rfc3339(r.order.created_at));
-        let (earliest, latest) = created.fold((None::<String>, None::<String>), |(lo, hi), t| {
-            (
-                Some(lo.map_or(t.clone(), |lo| lo.min(t.clone()))),
-                Some(hi.map_or(t.clone(), |hi| hi.max(t))),
-            )
-        });
+        let created = batch.iter().map(|r| r.order.created_at);
+        let earliest = created.clone().min().unwrap_or(first.order.created_at);
+        let latest = created.max().unwrap_or(first.order.created_at);
         let counter = self.sale_update(SaleWrite {
             sale: first.order.sale_id(),
             qty: batch.iter().map(|r| u64::from(r.order.quantity)).sum(),
             stock_total: first.stock_total,
-            earliest: earliest.unwrap_or_default(),
-            latest: latest.unwrap_or_default(),
+            earliest: rfc3339(earliest),
+            latest: rfc3339(latest),
         })?;
         let mut items = vec![TransactWriteItem::builder().update(counter).build()];
         let mut owners = vec![None];

@@ -1,9 +1,8 @@
 //! The sold-out path with 100,000 distinct tokens (issue 13, item 4): a
-//! figure, not a pass/fail test, so it is ignored by default. Run it on a
-//! release build:
+//! figure, not a pass/fail test, so it is a bench (release build):
 //!
 //! ```sh
-//! cargo test --release -p system-tests --test sold_out_bench -- --ignored --nocapture
+//! cargo bench -p system-tests --bench sold_out
 //! ```
 //!
 //! Two measurements, each printed:
@@ -165,9 +164,7 @@ fn cache_run(stack: &TestStack, tokens: &Arc<Vec<String>>, passes: usize) -> (f6
     (run(1), run(passes))
 }
 
-#[test]
-#[ignore = "a benchmark: run on a release build with --ignored --nocapture"]
-fn sold_out_path_with_100000_distinct_tokens() {
+fn main() {
     let seconds: u64 = std::env::var("BENCH_SECONDS")
         .ok()
         .and_then(|s| s.parse().ok())
