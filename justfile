@@ -15,7 +15,7 @@ export ADMIN_TOKEN := env("ADMIN_TOKEN", "dev-admin-token")
 default:
     @just --list --unsorted
 
-# Bring up Redis, DynamoDB Local, the three functions and the router on :8080, run a demo sale; Ctrl-C stops all (--fresh wipes state; --ddb-limits puts real DynamoDB limits in between)
+# Bring up Redis, DynamoDB Local, the three functions and the router on :8080, run a demo sale; Ctrl-C stops all (--fresh wipes state; --ddb-limits puts real DynamoDB limits in between; --redis tls|cluster runs on TLS or Redis Cluster)
 up *ARGS:
     infra/local/stack.sh up {{ARGS}}
 
@@ -31,9 +31,11 @@ ps:
 install:
     infra/local/stack.sh install
 
-# Start Redis and DynamoDB Local only (what the tests need)
+# Start what the tests need: Redis (plain on :6379, TLS-only on :6390, a 3+3-node cluster on :7001-7006) and DynamoDB Local
 backends:
     infra/local/stack.sh backends
+    infra/local/redis.sh tls start
+    infra/local/redis.sh cluster start
 
 # Every test: format, lints, unit, conformance and system tests on real Redis + DynamoDB Local, manifest validation, the bounded chaos/abuse/OpenAPI suite
 test: backends

@@ -3,11 +3,14 @@
 #
 #   stack.sh install     install what is missing (redis-server, DynamoDB Local, just)
 #   stack.sh backends    start Redis and DynamoDB Local (if not already up) and wait
-#   stack.sh up [--fresh] [--ddb-limits]
+#   stack.sh up [--fresh] [--ddb-limits] [--redis single|tls|cluster]
 #                        everything, a demo sale, then wait; Ctrl-C stops it all.
 #                        --ddb-limits puts infra/ddb-limits between the functions
 #                        and DynamoDB Local: real DynamoDB's per-partition budgets,
 #                        transaction conflicts and limits (stats: :8001/_limits/stats)
+#                        --redis tls runs the functions on a TLS-only Redis
+#                        (rediss://, private CA); --redis cluster on a local
+#                        Redis Cluster (3 primaries + 3 replicas); see redis.sh
 #   stack.sh down        stop everything this script started
 #   stack.sh status      what is running
 #
@@ -70,6 +73,8 @@ ddb_dir() {
 
 install() {
   if ! command -v redis-server >/dev/null; then apt_install redis-server; fi
+  # The TLS-only Redis (redis.sh) gets its CA and certificate from openssl.
+  command -v openssl >/dev/null || apt_install openssl
   command -v java >/dev/null || apt_install openjdk-17-jre-headless
   if [ -z "$(ddb_dir)" ]; then
     command -v npm >/dev/null || apt_install npm
@@ -141,6 +146,13 @@ secret_env() { # name
 
 env_common() { # [dynamodb port]
   export STORE=aws REDIS_URL="redis://127.0.0.1:$REDIS_PORT" DYNAMODB_ENDPOINT="http://127.0.0.1:${1:-$DYNAMODB_PORT}"
+  export REDIS_MODE=single
+  unset REDIS_CA_FILE
+  if [ "${REDIS_KIND:-single}" != single ]; then
+    # REDIS_MODE, REDIS_URL (and REDIS_CA_FILE for TLS), as redis.sh names them.
+    local line
+    while IFS= read -r line; do export "${line?}"; done < <("$ROOT/infra/local/redis.sh" env "$REDIS_KIND")
+  fi
   export LOG_LEVEL=${LOG_LEVEL:-info}
 }
 
@@ -215,7 +227,9 @@ healthy() { curl -fsS "http://127.0.0.1:$1/healthz" >/dev/null; }
 
 stop_all() {
   local any=0
-  for name in router order stock auth ddb-limits dynamodb redis; do
+  local extra_redis=()
+  for f in "$PIDS"/redis-*.pid; do [ -f "$f" ] && extra_redis+=("$(basename "$f" .pid)"); done
+  for name in router order stock auth ddb-limits dynamodb redis "${extra_redis[@]}"; do
     local f="$PIDS/$name.pid"
     [ -f "$f" ] || continue
     local pid; pid=$(cat "$f")
@@ -242,19 +256,28 @@ start_ddb_limits() {
 
 up() {
   local started=$SECONDS fresh="" limits=""
-  for arg in "$@"; do
-    case "$arg" in
+  REDIS_KIND=single
+  while [ $# -gt 0 ]; do
+    case "$1" in
       --fresh) fresh=1 ;;
       --ddb-limits) limits=1 ;;
-      *) die "unknown option '$arg' (stack.sh up [--fresh] [--ddb-limits])" ;;
+      --redis) REDIS_KIND=${2:-}; shift ;;
+      --redis=*) REDIS_KIND=${1#--redis=} ;;
+      *) die "unknown option '$1' (stack.sh up [--fresh] [--ddb-limits] [--redis single|tls|cluster])" ;;
     esac
+    shift
   done
+  case "$REDIS_KIND" in
+    single | tls | cluster) ;;
+    *) die "--redis takes single, tls or cluster (got '$REDIS_KIND')" ;;
+  esac
   if [ -n "$fresh" ]; then
     stop_all >/dev/null
     say "fresh start: wiping .local/dynamodb and .local/redis"
     rm -rf "$LOCAL/dynamodb" "$LOCAL/redis"
   fi
   backends
+  [ "$REDIS_KIND" = single ] || "$ROOT/infra/local/redis.sh" "$REDIS_KIND" start
   say "building the functions ($PROFILE)"
   (cd "$ROOT" && cargo build --quiet --profile "$PROFILE" --bins)
   secrets
@@ -285,7 +308,7 @@ up() {
 
   Base URL      http://127.0.0.1:$ROUTER_PORT   (/auth/*, /stock/*, /orders*)
   Functions     auth :$AUTH_PORT   stock :$STOCK_PORT   order :$ORDER_PORT   (metrics on :$((METRICS_PORT_BASE + 1))-$((METRICS_PORT_BASE + 3))/metrics, loopback only)
-  Backends      redis://127.0.0.1:$REDIS_PORT   DynamoDB Local http://127.0.0.1:$DYNAMODB_PORT$([ -n "$limits" ] && echo "   (functions use the limits proxy :$ddb_port)")
+  Backends      $REDIS_URL ($REDIS_MODE)   DynamoDB Local http://127.0.0.1:$DYNAMODB_PORT$([ -n "$limits" ] && echo "   (functions use the limits proxy :$ddb_port)")
   Logs          .local/logs/*.log       Admin token: $admin_note
 
   Try:

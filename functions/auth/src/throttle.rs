@@ -105,14 +105,14 @@ return taken
 ";
 
 pub struct RedisThrottle {
-    conn: redis::aio::ConnectionManager,
+    conn: common::backends::RedisConn,
     policy: ThrottlePolicy,
     attempt: redis::Script,
     refund: redis::Script,
 }
 
 impl RedisThrottle {
-    pub fn new(conn: redis::aio::ConnectionManager, policy: ThrottlePolicy) -> Self {
+    pub fn new(conn: common::backends::RedisConn, policy: ThrottlePolicy) -> Self {
         Self {
             conn,
             policy,

@@ -12,7 +12,7 @@ use auth::throttle::{Attempt, LoginThrottle, MemoryThrottle, RedisThrottle, Thro
 
 fn settings() -> common::config::Settings {
     let mut s = common::config::Settings::memory();
-    s.redis_url = std::env::var("REDIS_URL").unwrap_or_else(|_| "redis://127.0.0.1:6379".into());
+    common::redis_testbed::plain().apply(&mut s);
     s.dynamodb_endpoint =
         Some(std::env::var("DYNAMODB_ENDPOINT").unwrap_or_else(|_| "http://127.0.0.1:8000".into()));
     s.backend_timeout_ms = 15_000;
@@ -38,19 +38,16 @@ async fn user_stores() -> Vec<(&'static str, Arc<dyn UserStore>)> {
     ]
 }
 
+/// The in-memory throttle and the Redis one on every shape of the test bed
+/// (plain, TLS-only, cluster).
 async fn throttles(policy: ThrottlePolicy) -> Vec<(&'static str, Arc<dyn LoginThrottle>)> {
-    let s = settings();
-    let conn = common::backends::redis(&s).expect("valid REDIS_URL");
-    if let Err(e) = common::backends::redis_ping(&conn).await {
-        panic!(
-            "Redis not reachable at {}: {e}. Run `just backends`.",
-            s.redis_url
-        );
+    let mut throttles: Vec<(&'static str, Arc<dyn LoginThrottle>)> =
+        vec![("memory", Arc::new(MemoryThrottle::new(policy)))];
+    for variant in common::redis_testbed::all() {
+        let conn = variant.connect().await;
+        throttles.push((variant.name, Arc::new(RedisThrottle::new(conn, policy))));
     }
-    vec![
-        ("memory", Arc::new(MemoryThrottle::new(policy))),
-        ("redis", Arc::new(RedisThrottle::new(conn, policy))),
-    ]
+    throttles
 }
 
 fn record(name: &str) -> UserRecord {
@@ -211,21 +208,23 @@ async fn two_hundred_concurrent_attempts_on_two_instances_get_exactly_the_slots(
         max_failures: 5,
         window: Duration::from_secs(60),
     };
-    // Two Redis throttles on two connections stand for two auth instances;
-    // the memory one is a single instance, raced from many tasks.
-    let redis = |p| async move {
-        throttles(p)
-            .await
-            .into_iter()
-            .find(|(n, _)| *n == "redis")
-            .map(|(_, t)| t)
-            .expect("a redis throttle")
-    };
+    // Two Redis throttles on two connections stand for two auth instances,
+    // on every Redis shape; the memory one is a single instance, raced from
+    // many tasks.
     let memory: Arc<dyn LoginThrottle> = Arc::new(MemoryThrottle::new(policy));
-    let pairs: Vec<(&str, [Arc<dyn LoginThrottle>; 2])> = vec![
-        ("memory", [memory.clone(), memory]),
-        ("redis", [redis(policy).await, redis(policy).await]),
-    ];
+    let mut pairs: Vec<(&str, [Arc<dyn LoginThrottle>; 2])> =
+        vec![("memory", [memory.clone(), memory])];
+    for variant in common::redis_testbed::all() {
+        let instance =
+            |conn| -> Arc<dyn LoginThrottle> { Arc::new(RedisThrottle::new(conn, policy)) };
+        pairs.push((
+            variant.name,
+            [
+                instance(variant.connect().await),
+                instance(variant.connect().await),
+            ],
+        ));
+    }
     for (name, instances) in pairs {
         let who = unique();
         let attempts = (0..200).map(|i| {

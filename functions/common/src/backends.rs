@@ -11,6 +11,8 @@ use aws_config::{BehaviorVersion, Region};
 use aws_sdk_dynamodb::config::Credentials;
 
 use crate::config::Settings;
+pub use crate::redis_client::RedisConn;
+use crate::redis_client::RedisTimeouts;
 
 /// A DynamoDB client; talks to DynamoDB Local when `DYNAMODB_ENDPOINT` is set.
 pub async fn dynamodb(settings: &Settings) -> aws_sdk_dynamodb::Client {
@@ -40,27 +42,18 @@ pub async fn dynamodb(settings: &Settings) -> aws_sdk_dynamodb::Client {
     aws_sdk_dynamodb::Client::new(&loader.load().await)
 }
 
-/// A multiplexed, self-reconnecting Redis connection that connects on first use.
-pub fn redis(settings: &Settings) -> redis::RedisResult<redis::aio::ConnectionManager> {
-    let timeout = Duration::from_millis(settings.backend_timeout_ms);
-    let client = redis::Client::open(settings.redis_url.as_str())?;
-    let config = redis::aio::ConnectionManagerConfig::new()
-        .set_connection_timeout(Some(Duration::from_millis(500).min(timeout)))
-        .set_response_timeout(Some(timeout))
-        .set_number_of_retries(2)
-        .set_max_delay(Duration::from_millis(200));
-    redis::aio::ConnectionManager::new_lazy_with_config(client, config)
+/// A multiplexed, self-reconnecting Redis handle (single node or cluster,
+/// plain or TLS, as `REDIS_URL`/`REDIS_MODE`/`REDIS_CA_FILE` say) that
+/// connects on first use.
+pub fn redis(settings: &Settings) -> anyhow::Result<RedisConn> {
+    let target = settings.redis_target()?;
+    let timeouts = RedisTimeouts::from_budget(Duration::from_millis(settings.backend_timeout_ms));
+    Ok(RedisConn::connect(&target, timeouts)?)
 }
 
 /// `PING`, for readiness checks.
-pub async fn redis_ping(conn: &redis::aio::ConnectionManager) -> Result<(), String> {
-    let mut conn = conn.clone();
-    let mut result = redis::cmd("PING").query_async::<String>(&mut conn).await;
-    if result.as_ref().is_err_and(|e| e.is_connection_dropped()) {
-        // The first command after a Redis restart meets the dead connection.
-        result = redis::cmd("PING").query_async::<String>(&mut conn).await;
-    }
-    result.map(|_| ()).map_err(|e| format!("redis: {e}"))
+pub async fn redis_ping(conn: &RedisConn) -> Result<(), String> {
+    conn.ping().await
 }
 
 /// `DescribeTable`, for readiness checks and `migrate`.

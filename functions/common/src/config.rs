@@ -91,7 +91,12 @@ impl FromStr for StoreMode {
 #[derive(Debug, Clone)]
 pub struct Settings {
     pub store: StoreMode,
+    /// `REDIS_URL` as given: one URL, or cluster seeds separated by commas.
     pub redis_url: String,
+    /// `REDIS_MODE`: single (default) or cluster.
+    pub redis_mode: crate::redis_client::RedisMode,
+    /// `REDIS_CA_FILE`: PEM roots for `rediss://`, instead of the system's.
+    pub redis_ca_file: Option<String>,
     /// `None` on real AWS; `http://127.0.0.1:8000` for DynamoDB Local.
     pub dynamodb_endpoint: Option<String>,
     pub aws_region: String,
@@ -108,9 +113,11 @@ pub struct Settings {
 
 impl Settings {
     pub fn from_env() -> Result<Self, ConfigError> {
-        Ok(Self {
+        let settings = Self {
             store: parsed_or("STORE", StoreMode::Aws)?,
             redis_url: var("REDIS_URL").unwrap_or_else(|| "redis://127.0.0.1:6379".into()),
+            redis_mode: parsed_or("REDIS_MODE", crate::redis_client::RedisMode::Single)?,
+            redis_ca_file: var("REDIS_CA_FILE"),
             dynamodb_endpoint: var("DYNAMODB_ENDPOINT"),
             aws_region: var("AWS_REGION")
                 .or_else(|| var("AWS_DEFAULT_REGION"))
@@ -128,7 +135,21 @@ impl Settings {
                 })
                 .unwrap_or_default(),
             backend_timeout_ms: parsed_or("BACKEND_TIMEOUT_MS", 2_000)?,
-        })
+        };
+        if settings.store == StoreMode::Aws {
+            // A wrong Redis setting fails the start, not the first checkout.
+            settings.redis_target()?;
+        }
+        Ok(settings)
+    }
+
+    /// The Redis deployment these settings name, validated.
+    pub fn redis_target(&self) -> Result<crate::redis_client::RedisTarget, ConfigError> {
+        crate::redis_client::RedisTarget::parse(
+            &self.redis_url,
+            self.redis_mode,
+            self.redis_ca_file.as_deref(),
+        )
     }
 
     /// Settings for tests and embedded mode: in-memory stores, no keys.
@@ -136,6 +157,8 @@ impl Settings {
         Self {
             store: StoreMode::Memory,
             redis_url: String::new(),
+            redis_mode: crate::redis_client::RedisMode::Single,
+            redis_ca_file: None,
             dynamodb_endpoint: None,
             aws_region: "us-east-1".into(),
             users_table: "flashsale-users".into(),

@@ -8,6 +8,8 @@
 //! * [`token`]   — Ed25519 access tokens: issued by auth, verified locally elsewhere;
 //! * [`client_ip`] — which address a request came from, for per-IP limits;
 //! * [`backends`] — clients for DynamoDB and Redis built from the configuration;
+//! * [`redis_client`] — Redis as deployed: single node or cluster, plain or TLS
+//!   ([`redis_testbed`]: the local test bed's three shapes, for the suites);
 //! * [`serve`]   — one Router, two runtimes: AWS Lambda or a plain HTTP server.
 
 pub mod backends;
@@ -16,6 +18,8 @@ pub mod config;
 pub mod error;
 pub mod http;
 pub mod metrics;
+pub mod redis_client;
+pub mod redis_testbed;
 pub mod serve;
 pub mod telemetry;
 pub mod token;

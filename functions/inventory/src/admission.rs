@@ -145,12 +145,12 @@ return 0
 ";
 
 pub struct RedisRateLimiter {
-    conn: redis::aio::ConnectionManager,
+    conn: common::backends::RedisConn,
     script: redis::Script,
 }
 
 impl RedisRateLimiter {
-    pub fn new(conn: redis::aio::ConnectionManager) -> Self {
+    pub fn new(conn: common::backends::RedisConn) -> Self {
         Self {
             conn,
             script: redis::Script::new(GCRA_LUA),

@@ -27,7 +27,7 @@ pub const ADMIN_TOKEN: &str = "test-admin-token-0123456789";
 pub fn settings() -> Settings {
     let mut s = Settings::memory();
     s.store = StoreMode::Aws;
-    s.redis_url = std::env::var("REDIS_URL").unwrap_or_else(|_| "redis://127.0.0.1:6379".into());
+    common::redis_testbed::plain().apply(&mut s);
     s.dynamodb_endpoint =
         Some(std::env::var("DYNAMODB_ENDPOINT").unwrap_or_else(|_| "http://127.0.0.1:8000".into()));
     let run = ulid::Ulid::new().to_string().to_lowercase();
@@ -36,6 +36,13 @@ pub fn settings() -> Settings {
     // DynamoDB Local on a busy 2-core machine can take seconds per call;
     // the production default (2 s) is for the real service.
     s.backend_timeout_ms = 15_000;
+    s
+}
+
+/// [`settings`] on another Redis shape of the test bed (TLS-only, cluster).
+pub fn settings_on(redis: &common::redis_testbed::RedisVariant) -> Settings {
+    let mut s = settings();
+    redis.apply(&mut s);
     s
 }
 

@@ -7,9 +7,12 @@ use std::collections::HashSet;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use common::redis_testbed;
 use inventory::InventoryConfig;
 use serde_json::{json, Value};
-use system_tests::{bounded, Fault, FaultyLedger, Options, PrivateRedis, Reply, TestStack};
+use system_tests::{
+    bounded, settings_on, Fault, FaultyLedger, Options, PrivateRedis, Reply, TestStack,
+};
 
 fn assert_balanced(b: &Value) {
     let sum = b["stock_remaining"].as_i64().unwrap()
@@ -79,10 +82,37 @@ async fn buyers_keep_coming(stack: &TestStack, sale: &str, within: Duration) -> 
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_thousand_units_to_five_thousand_buyers_sells_exactly_a_thousand() {
-    let stack = TestStack::spawn().await;
-    let sale = stack.create_sale(1000, 1).await;
+    sells_exactly_the_stock(TestStack::spawn().await, 1000, 5000).await;
+}
+
+/// The same stampede with the engine on a Redis Cluster (3 primaries with a
+/// replica each: the gate's keys on whichever shard the sale hashes to, the
+/// rate limiter's and login throttle's spread over all of them).
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn on_a_redis_cluster_the_stampede_sells_exactly_the_stock() {
+    let stack = TestStack::spawn_with(Options {
+        settings: settings_on(&redis_testbed::cluster()),
+        ..Options::default()
+    })
+    .await;
+    sells_exactly_the_stock(stack, 300, 1500).await;
+}
+
+/// And on a TLS-only Redis verified against a private CA (`rediss://`).
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn on_a_tls_redis_the_stampede_sells_exactly_the_stock() {
+    let stack = TestStack::spawn_with(Options {
+        settings: settings_on(&redis_testbed::tls()),
+        ..Options::default()
+    })
+    .await;
+    sells_exactly_the_stock(stack, 300, 1500).await;
+}
+
+async fn sells_exactly_the_stock(stack: TestStack, units: usize, buyers: usize) {
+    let sale = stack.create_sale(units as u64, 1).await;
     let started = Instant::now();
-    let mut replies = stampede(&stack, &sale, 5000, 256).await;
+    let mut replies = stampede(&stack, &sale, buyers, 256).await;
     let took = started.elapsed();
     let first_wave = replies.iter().filter(|r| r.status == 201).count();
     replies.extend(buyers_keep_coming(&stack, &sale, Duration::from_secs(90)).await);
@@ -96,10 +126,10 @@ async fn a_thousand_units_to_five_thousand_buyers_sells_exactly_a_thousand() {
         .iter()
         .filter(|r| r.status == 409 && r.code() == "sold_out")
         .count();
-    assert_eq!(created, 1000, "exactly the stock is sold");
+    assert_eq!(created, units, "exactly the stock is sold");
     assert_eq!(
         sold_out + shed,
-        replies.len() - 1000,
+        replies.len() - units,
         "everyone else is told sold_out: {:?}",
         replies
             .iter()
@@ -110,8 +140,8 @@ async fn a_thousand_units_to_five_thousand_buyers_sells_exactly_a_thousand() {
     );
     let orders = stack.ledger_orders(&sale).await;
     assert_eq!(
-        orders.iter().map(|o| o.quantity).sum::<u32>(),
-        1000,
+        orders.iter().map(|o| o.quantity).sum::<u32>() as usize,
+        units,
         "the ledger agrees: 0 oversold"
     );
     let acknowledged: HashSet<String> = replies
@@ -137,14 +167,27 @@ async fn a_thousand_units_to_five_thousand_buyers_sells_exactly_a_thousand() {
             b["confirmed"].as_i64(),
             b["ledger_confirmed"].as_i64()
         ),
-        (Some(0), Some(1000), Some(1000))
+        (Some(0), Some(units as i64), Some(units as i64))
     );
-    eprintln!("stampede: 5000 buyers, 1000 units: {first_wave} sold in the first wave in {took:?} (debug build, 256 in flight); {} buyers in all", replies.len());
+    eprintln!("stampede: {buyers} buyers, {units} units: {first_wave} sold in the first wave in {took:?} (debug build, 256 in flight); {} buyers in all", replies.len());
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn one_user_firing_fifty_checkouts_gets_exactly_the_limit() {
-    let stack = TestStack::spawn().await;
+    the_limit_holds_for_fifty_concurrent_checkouts(TestStack::spawn().await).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn on_a_redis_cluster_one_user_gets_exactly_the_limit() {
+    let stack = TestStack::spawn_with(Options {
+        settings: settings_on(&redis_testbed::cluster()),
+        ..Options::default()
+    })
+    .await;
+    the_limit_holds_for_fifty_concurrent_checkouts(stack).await;
+}
+
+async fn the_limit_holds_for_fifty_concurrent_checkouts(stack: TestStack) {
     let sale = stack.create_sale(100, 2).await;
     let (user, token) = stack.new_user();
     let body = json!({"sale_id": sale});

@@ -4,19 +4,19 @@
 //! Redis that restarted (and forgot its scripts) costs one extra round trip.
 
 use async_trait::async_trait;
-use redis::aio::ConnectionManager;
+use common::backends::RedisConn;
 use redis::{Script, Value};
 
 use super::{parse_record, GateError, GateSnapshot, Hold, HoldOutcome, HoldState, StockGate};
 use crate::sale::{HoldId, SaleDefinition, SaleId};
 
 pub struct RedisGate {
-    conn: ConnectionManager,
+    conn: RedisConn,
     script: Script,
 }
 
 impl RedisGate {
-    pub fn new(conn: ConnectionManager) -> Self {
+    pub fn new(conn: RedisConn) -> Self {
         Self {
             conn,
             script: Script::new(include_str!("gate.lua")),

@@ -14,7 +14,7 @@ use inventory::sale::SaleDefinition;
 
 pub fn settings() -> common::config::Settings {
     let mut s = common::config::Settings::memory();
-    s.redis_url = std::env::var("REDIS_URL").unwrap_or_else(|_| "redis://127.0.0.1:6379".into());
+    common::redis_testbed::plain().apply(&mut s);
     s.dynamodb_endpoint =
         Some(std::env::var("DYNAMODB_ENDPOINT").unwrap_or_else(|_| "http://127.0.0.1:8000".into()));
     s.store = common::config::StoreMode::Aws;
@@ -24,34 +24,39 @@ pub fn settings() -> common::config::Settings {
     s
 }
 
-pub async fn redis_conn() -> redis::aio::ConnectionManager {
-    let s = settings();
-    let conn = common::backends::redis(&s).expect("REDIS_URL is a valid URL");
-    if let Err(e) = common::backends::redis_ping(&conn).await {
-        panic!(
-            "Redis is not reachable at {} ({e}); start it with `just backends`",
-            s.redis_url
-        );
-    }
-    conn
+pub async fn redis_conn() -> common::backends::RedisConn {
+    common::redis_testbed::plain().connect().await
 }
 
 pub async fn redis_gate() -> Arc<dyn StockGate> {
     Arc::new(RedisGate::new(redis_conn().await))
 }
 
+/// Every Redis shape of the test bed (plain, TLS-only, cluster), connected.
+pub async fn redis_variants() -> Vec<(&'static str, common::backends::RedisConn)> {
+    let mut conns = Vec::new();
+    for variant in common::redis_testbed::all() {
+        conns.push((variant.name, variant.connect().await));
+    }
+    conns
+}
+
 pub async fn rate_limiters() -> Vec<(&'static str, Arc<dyn RateLimiter>)> {
-    vec![
-        ("memory", Arc::new(MemoryRateLimiter::default())),
-        ("redis", Arc::new(RedisRateLimiter::new(redis_conn().await))),
-    ]
+    let mut limiters: Vec<(&'static str, Arc<dyn RateLimiter>)> =
+        vec![("memory", Arc::new(MemoryRateLimiter::default()))];
+    for (name, conn) in redis_variants().await {
+        limiters.push((name, Arc::new(RedisRateLimiter::new(conn))));
+    }
+    limiters
 }
 
 pub async fn gates() -> Vec<(&'static str, Arc<dyn StockGate>)> {
-    vec![
-        ("memory", Arc::new(MemoryGate::default())),
-        ("redis", redis_gate().await),
-    ]
+    let mut gates: Vec<(&'static str, Arc<dyn StockGate>)> =
+        vec![("memory", Arc::new(MemoryGate::default()))];
+    for (name, conn) in redis_variants().await {
+        gates.push((name, Arc::new(RedisGate::new(conn))));
+    }
+    gates
 }
 
 /// A DynamoDB Local ledger on a table of its own, so test runs never meet.
