@@ -108,9 +108,15 @@ pub struct SaleDefinition {
     pub starts_at: DateTime<Utc>,
     pub ends_at: Option<DateTime<Utc>>,
     pub created_at: DateTime<Utc>,
+    /// How many parts the gate splits the stock into, each under a hash tag
+    /// of its own so that on a Redis Cluster they land on different shards
+    /// (see `gate/buckets.rs`). 1, the default, is one part: one shard.
+    pub stock_buckets: u16,
 }
 
 pub const MAX_STOCK: u64 = 10_000_000;
+/// More parts than shards buys nothing; 64 covers any cluster we expect.
+pub const MAX_STOCK_BUCKETS: u16 = 64;
 
 impl SaleDefinition {
     /// Validates a new sale as the contract states it.
@@ -156,7 +162,28 @@ impl SaleDefinition {
             starts_at,
             ends_at,
             created_at: now,
+            stock_buckets: 1,
         })
+    }
+
+    /// The same sale with its stock split into `buckets` parts; every part
+    /// must hold at least one unit.
+    pub fn with_stock_buckets(mut self, buckets: i64) -> Result<Self, String> {
+        let max = i64::from(MAX_STOCK_BUCKETS).min(self.stock_total as i64);
+        if !(1..=max).contains(&buckets) {
+            return Err(format!(
+                "stock_buckets must be between 1 and {max} (at most {MAX_STOCK_BUCKETS}, and no more than the stock)"
+            ));
+        }
+        self.stock_buckets = buckets as u16;
+        Ok(self)
+    }
+
+    /// Units in bucket `b`: the stock split as evenly as it goes, the first
+    /// `stock_total % buckets` parts one unit larger.
+    pub fn bucket_share(&self, b: u16) -> u64 {
+        let n = u64::from(self.stock_buckets.max(1));
+        self.stock_total / n + u64::from(u64::from(b) < self.stock_total % n)
     }
 
     pub fn window(&self, now: DateTime<Utc>) -> Window {

@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use common::redis_client::{RedisConn, RedisMode, RedisTarget, RedisTimeouts};
 use common::redis_testbed;
-use inventory::gate::{HoldOutcome, RedisGate, StockGate};
+use inventory::gate::{Hold, HoldOutcome, Layout, RedisGate, StockGate};
 use inventory::sale::HoldId;
 use support::{sale, user};
 
@@ -88,6 +88,87 @@ async fn a_cluster_serves_sales_on_every_shard() {
         assert_eq!((snap.remaining, snap.held), (3, 2));
     }
     assert_eq!(shards.len(), 3, "24 random sales should touch all 3 shards");
+}
+
+async fn slot_of(conn: &RedisConn, key: &str) -> u16 {
+    let mut c = conn.clone();
+    redis::cmd("CLUSTER")
+        .arg("KEYSLOT")
+        .arg(key)
+        .query_async(&mut c)
+        .await
+        .unwrap()
+}
+
+/// One hot sale over the cluster: three buckets, three primaries (the
+/// test cluster splits the slots in thirds, as `redis-cli --cluster
+/// create` does).
+#[tokio::test]
+async fn three_buckets_of_one_sale_land_on_three_primaries() {
+    let conn = redis_testbed::cluster().connect().await;
+    for _ in 0..10 {
+        let s = sale(30, 2).with_stock_buckets(3).unwrap();
+        let layout = Layout::new(&s.sale_id, 3);
+        let mut thirds = std::collections::BTreeSet::new();
+        for b in 0..3 {
+            let keys = layout.keys(b);
+            let slot = slot_of(&conn, &keys[0]).await;
+            for k in &keys[1..] {
+                assert_eq!(slot_of(&conn, k).await, slot, "one bucket, one slot");
+            }
+            thirds.insert(slot / 5462);
+        }
+        assert_eq!(thirds.len(), 3, "{}", s.sale_id);
+    }
+}
+
+/// A shard that restarts empty loses its bucket of the sale: the gate
+/// reports the sale incomplete, and the rebuild loads all of it again from
+/// the ledger (no one knows which orders that bucket counted), exactly.
+#[tokio::test]
+async fn a_bucket_lost_with_its_shard_means_the_sale_is_loaded_again() {
+    let conn = redis_testbed::cluster().connect().await;
+    let gate = RedisGate::new(conn.clone());
+    let s = sale(9, 3).with_stock_buckets(3).unwrap();
+    assert!(gate.load(&s, &[]).await.unwrap());
+    let mut confirmed = Vec::new();
+    for _ in 0..6 {
+        let u = user();
+        match gate
+            .try_hold(&s.sale_id, &HoldId::random(), &u, 1, 10_000)
+            .await
+            .unwrap()
+        {
+            HoldOutcome::Held(h) => confirmed.push(h),
+            other => panic!("{other:?}"),
+        }
+    }
+    gate.settle(&s.sale_id, &confirmed).await.unwrap();
+    let layout = Layout::new(&s.sale_id, 3);
+    let mut c = conn.clone();
+    let _: i64 = redis::cmd("DEL")
+        .arg(&layout.keys(2)[..])
+        .query_async(&mut c)
+        .await
+        .unwrap();
+    assert_eq!(gate.bucket_snapshots(&s.sale_id).await.unwrap(), None);
+    let as_orders: Vec<Hold> = confirmed
+        .iter()
+        .map(|h| Hold {
+            expires_ms: 0,
+            ..h.clone()
+        })
+        .collect();
+    assert!(gate.load(&s, &as_orders).await.unwrap(), "the sale loads");
+    let buckets = gate.bucket_snapshots(&s.sale_id).await.unwrap().unwrap();
+    assert!(buckets.iter().all(|b| b.balanced()), "{buckets:?}");
+    let sum = inventory::gate::GateSnapshot::sum(&buckets);
+    assert_eq!(
+        (sum.confirmed, sum.held, sum.remaining),
+        (6, 0, 3),
+        "{buckets:?}"
+    );
+    assert!(!gate.load(&s, &as_orders).await.unwrap(), "loaded once");
 }
 
 /// `SCRIPT FLUSH` on every node (what a failover to a replica or a restart

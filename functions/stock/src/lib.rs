@@ -20,6 +20,9 @@ pub struct StockState {
     pub inventory: Inventory,
     /// `ADMIN_TOKEN`; when unset, admin calls are refused.
     pub admin_token: Option<Secret>,
+    /// `SALE_STOCK_BUCKETS`: gate buckets for a sale created without
+    /// `stock_buckets`; 1 (one shard) unless the deployment says otherwise.
+    pub default_stock_buckets: u16,
 }
 
 pub fn app(state: StockState, http: &common::http::HttpOptions) -> Router {
@@ -60,6 +63,9 @@ struct NewSale {
     per_user_limit: Option<i64>,
     starts_at: Option<String>,
     ends_at: Option<String>,
+    /// Extension: the stock split into this many gate buckets (one per
+    /// Redis Cluster shard is the point); `SALE_STOCK_BUCKETS` when absent.
+    stock_buckets: Option<i64>,
 }
 
 async fn create_sale(
@@ -79,6 +85,14 @@ async fn create_sale(
         body.ends_at.as_deref(),
         chrono::Utc::now(),
     )
+    .and_then(|sale| {
+        // An explicit count is checked as given; the default shrinks to
+        // fit a sale smaller than it (every bucket holds at least a unit).
+        let buckets = body
+            .stock_buckets
+            .unwrap_or_else(|| i64::from(state.default_stock_buckets).min(sale.stock_total as i64));
+        sale.with_stock_buckets(buckets)
+    })
     .map_err(ApiError::invalid)?;
     let view = state.inventory.create_sale(sale).await?;
     tracing::info!(

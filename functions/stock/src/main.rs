@@ -68,10 +68,18 @@ async fn main() -> anyhow::Result<()> {
             let inventory =
                 inventory::from_settings(&settings, inventory::InventoryConfig::from_env()?)
                     .await?;
+            let default_stock_buckets = common::config::parsed_or("SALE_STOCK_BUCKETS", 1u16)?;
+            if !(1..=inventory::sale::MAX_STOCK_BUCKETS).contains(&default_stock_buckets) {
+                anyhow::bail!(
+                    "configuration: SALE_STOCK_BUCKETS: must be between 1 and {}",
+                    inventory::sale::MAX_STOCK_BUCKETS
+                );
+            }
             common::serve(stock::app(
                 stock::StockState {
                     inventory,
                     admin_token,
+                    default_stock_buckets,
                 },
                 &http,
             ))

@@ -6,6 +6,7 @@
 //! the ports `just backends` uses). If they are not reachable, tests fail.
 
 pub mod scale;
+pub mod stampede;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -62,6 +63,8 @@ pub struct Options {
     pub per_user_rate: Option<RatePolicy>,
     pub per_ip_rate: Option<RatePolicy>,
     pub client_ip: ClientIpPolicy,
+    /// `SALE_STOCK_BUCKETS`: gate buckets of a sale created without a count.
+    pub default_stock_buckets: u16,
 }
 
 impl Default for Options {
@@ -79,6 +82,7 @@ impl Default for Options {
             per_user_rate: inventory::admission::DEFAULT_PER_USER.parse().ok(),
             per_ip_rate: inventory::admission::DEFAULT_PER_IP.parse().ok(),
             client_ip: ClientIpPolicy::default(),
+            default_stock_buckets: 1,
         }
     }
 }
@@ -176,6 +180,7 @@ impl TestStack {
         let stock_state = stock::StockState {
             inventory: inventory.clone(),
             admin_token: Some(Secret::new(ADMIN_TOKEN)),
+            default_stock_buckets: options.default_stock_buckets,
         };
         let (stock, b) = spawn_app(stock::app(stock_state, &http)).await;
         let order_state = order::OrderState {

@@ -212,3 +212,47 @@ async fn the_admin_breakdown_shows_guarantee_five() {
         .await;
     assert_eq!(orders.body["orders"].as_array().map(Vec::len), Some(1));
 }
+
+/// Extension: `stock_buckets` splits a sale's stock over gate buckets (one
+/// per Redis Cluster shard); the breakdown then shows each bucket.
+#[tokio::test]
+async fn a_sale_can_split_its_stock_into_buckets_within_bounds() {
+    let stack = TestStack::spawn().await;
+    let id = new_id();
+    let r = create(
+        &stack,
+        Some(ADMIN_TOKEN),
+        &json!({"sale_id": id, "name": "Phones", "stock": 10, "stock_buckets": 3}),
+    )
+    .await;
+    assert_eq!(r.status, 201, "{}", r.body);
+    let keys: Vec<&String> = r.body.as_object().unwrap().keys().collect();
+    assert_eq!(keys.len(), 8, "the view is unchanged: {keys:?}");
+    let b = stack.breakdown(&id).await;
+    let buckets = b["buckets"].as_array().expect("three buckets shown");
+    let shares: Vec<i64> = buckets
+        .iter()
+        .map(|k| k["stock_total"].as_i64().unwrap())
+        .collect();
+    assert_eq!(shares, [4, 3, 3]);
+    assert!(buckets.iter().all(|k| k["balanced"] == true), "{b}");
+    // One bucket (the default) shows none.
+    let plain = stack.create_sale(10, 1).await;
+    assert!(stack.breakdown(&plain).await.get("buckets").is_none());
+    for bad in [
+        json!(0),
+        json!(-1),
+        json!(11),
+        json!(65),
+        json!("3"),
+        json!(1.5),
+    ] {
+        create(
+            &stack,
+            Some(ADMIN_TOKEN),
+            &json!({"sale_id": new_id(), "name": "n", "stock": 10, "stock_buckets": bad}),
+        )
+        .await
+        .assert_error(400, "invalid_request");
+    }
+}

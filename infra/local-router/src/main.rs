@@ -124,6 +124,8 @@ async fn embedded_routers() -> anyhow::Result<[Router; 3]> {
             stock::StockState {
                 inventory: inventory.clone(),
                 admin_token: Some(common::config::Secret::new(admin_token)),
+                // In-memory gate: one process, nothing to spread over.
+                default_stock_buckets: 1,
             },
             &http,
         ),

@@ -157,6 +157,22 @@ pub struct Breakdown {
     /// `confirmed <= ledger_confirmed <= confirmed + held` and never oversold.
     pub consistent: bool,
     pub hold_ttl_seconds: u64,
+    /// Extension: a sale split into several gate buckets shows each one
+    /// (`balanced` then also requires every bucket to balance on its own).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub buckets: Option<Vec<BucketBreakdown>>,
+}
+
+/// One bucket's terms of guarantee 5.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct BucketBreakdown {
+    pub bucket: u16,
+    pub stock_total: i64,
+    pub stock_remaining: i64,
+    pub held: i64,
+    pub confirmed: i64,
+    pub open_holds: u64,
+    pub balanced: bool,
 }
 
 /// The inventory service; cheap to clone, shared by all requests.

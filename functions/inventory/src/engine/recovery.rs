@@ -5,7 +5,7 @@
 
 use std::time::Duration;
 
-use super::{due, lock, Breakdown, Inventory, Result, SweepReport};
+use super::{due, lock, Breakdown, BucketBreakdown, Inventory, Result, SweepReport};
 use crate::error::InventoryError;
 use crate::gate::{GateSnapshot, Hold};
 use crate::ledger::{as_settled_hold, HoldTruth};
@@ -27,6 +27,20 @@ impl Inventory {
         self.inner
             .gate
             .snapshot(&sale.sale_id)
+            .await?
+            .ok_or_else(|| InventoryError::Unavailable("gate lost the sale again".into()))
+    }
+
+    /// Every bucket's counters, rebuilding the sale (or the buckets it
+    /// lost) from the ledger first if need be.
+    async fn buckets_or_rebuild(&self, sale: &SaleDefinition) -> Result<Vec<GateSnapshot>> {
+        if let Some(b) = self.inner.gate.bucket_snapshots(&sale.sale_id).await? {
+            return Ok(b);
+        }
+        self.rebuild(sale).await?;
+        self.inner
+            .gate
+            .bucket_snapshots(&sale.sale_id)
             .await?
             .ok_or_else(|| InventoryError::Unavailable("gate lost the sale again".into()))
     }
@@ -209,7 +223,8 @@ impl Inventory {
     /// Guarantee 5's terms, as both stores see them now.
     pub async fn breakdown(&self, sale_id: &SaleId) -> Result<Breakdown> {
         let sale = self.definition(sale_id).await?;
-        let snap = self.snapshot_or_rebuild(&sale).await?;
+        let buckets = self.buckets_or_rebuild(&sale).await?;
+        let snap = GateSnapshot::sum(&buckets);
         let ledger_confirmed = self.inner.ledger.confirmed_units(sale_id).await?;
         let total = sale.stock_total as i64;
         let lc = ledger_confirmed as i64;
@@ -225,9 +240,24 @@ impl Inventory {
                 .oldest_expiry_ms
                 .and_then(chrono::DateTime::from_timestamp_millis)
                 .map(rfc3339),
-            balanced: snap.remaining + snap.held + snap.confirmed == total,
+            balanced: snap.total == total && buckets.iter().all(GateSnapshot::balanced),
             consistent: snap.confirmed <= lc && lc <= snap.confirmed + snap.held && lc <= total,
             hold_ttl_seconds: self.inner.config.hold_ttl.as_secs(),
+            buckets: (buckets.len() > 1).then(|| {
+                buckets
+                    .iter()
+                    .enumerate()
+                    .map(|(b, s)| BucketBreakdown {
+                        bucket: b as u16,
+                        stock_total: s.total,
+                        stock_remaining: s.remaining,
+                        held: s.held,
+                        confirmed: s.confirmed,
+                        open_holds: s.open_holds,
+                        balanced: s.balanced(),
+                    })
+                    .collect()
+            }),
         })
     }
 }

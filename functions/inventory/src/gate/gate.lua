@@ -7,18 +7,27 @@
   millisecond. (The DynamoDB ledger checks the same limits again when it
   writes the order; see ledger/dynamo/items.rs. Two independent locks, one truth.)
 
-  Keys, all hash-tagged by sale so they live in one Redis Cluster slot:
-    KEYS[1] fs:{sale}:sale    hash  total limit starts ends remaining held confirmed
-    KEYS[2] fs:{sale}:users   hash  user_id -> units held + confirmed
-    KEYS[3] fs:{sale}:holds   hash  hold_id -> "h|qty|expires_ms|user" (held)
-                                            or "s|qty|0|user"          (settled)
-    KEYS[4] fs:{sale}:expiry  zset  hold_id scored by expires_ms (held only)
+  Keys of one *bucket* of a sale, all under one hash tag so they live in one
+  Redis Cluster slot (a sale of one bucket: tag {sale}; more buckets, each
+  on a shard of its own: see gate/buckets.rs):
+    KEYS[1] fs:{tag}:sale    hash  total limit starts ends remaining held confirmed [buckets]
+    KEYS[2] fs:{tag}:users   hash  user_id -> units held + confirmed (users at home here)
+    KEYS[3] fs:{tag}:holds   hash  hold_id -> "<state><part>|qty|expires_ms|user"
+    KEYS[4] fs:{tag}:expiry  zset  hold_id scored by expires_ms (held only)
+
+  A record's state is h (held) or s (settled); its part says what of the
+  hold this bucket carries: nothing for all of it (stock here, user counted
+  here), u for the user's count only (the user's home bucket was empty, so
+  the stock came from other buckets), p<n> for the user's count and n units
+  (the home bucket had some), k for stock only (taken here for a user at
+  home elsewhere). Each part is ended (settled, released, swept) in its own
+  bucket; the ledger decides for all of them.
 
   Time is Redis' own (TIME), never the caller's: every instance of every
   function sees one clock for the sale window and for when holds lapse, so
   a skewed pod cannot open a sale early or keep a hold alive.
 
-  Invariant kept by every operation, checked by the tests:
+  Invariant kept by every operation in every bucket, checked by the tests:
     remaining + held + confirmed = total
   (remaining can dip below zero only transiently after a rebuild; the ledger
   then refuses the extra unit and releasing its hold restores it.)
@@ -35,18 +44,60 @@ local function now_ms()
   return tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 end
 
+-- A record: "<state><part>|qty|expires_ms|user", state h (held) or s
+-- (settled); part '' (the whole hold: its stock and the user's count), u
+-- (the user's count only), k (stock only), or p<n> (the user's count and n
+-- of the units; the rest of the stock is in other buckets). Returns the
+-- fields and the units of stock this record carries.
 local function parse(rec)
-  local state, qty, expires, user = string.match(rec, '^(%a)|(%d+)|(%-?%d+)|(.*)$')
-  return state, tonumber(qty), expires, user
+  local state, part, n, qty, expires, user =
+    string.match(rec, '^([hs])([ukp]?)(%d*)|(%d+)|(%-?%d+)|(.*)$')
+  qty = tonumber(qty)
+  local stock = qty
+  if part == 'u' then stock = 0 elseif part == 'p' then stock = tonumber(n) end
+  return state, qty, expires, user, part, stock
 end
 
--- Counts a confirmed order that the gate does not know as held: after a
--- rebuild, or when its hold was lost with a Redis restart.
-local function adopt(id, user, qty)
-  redis.call('HINCRBY', SALE, 'remaining', -qty)
-  redis.call('HINCRBY', SALE, 'confirmed', qty)
-  redis.call('HINCRBY', USERS, user, qty)
-  redis.call('HSET', HOLDS, id, 's|' .. qty .. '|0|' .. user)
+local function record(state, part, stock, qty, expires, user)
+  if part == 'p' then part = 'p' .. stock end
+  return state .. part .. '|' .. qty .. '|' .. expires .. '|' .. user
+end
+
+-- Whether a part carries the user's count (all but a stock part).
+local function has_user(part) return part ~= 'k' end
+
+-- Counts a confirmed order (or one part of it: '', 'u' or 'k') that the
+-- gate does not know as held: after a rebuild, or when its hold was lost
+-- with a Redis restart.
+local function adopt(id, user, qty, part)
+  part = part or ''
+  local stock = qty
+  if part == 'u' then stock = 0 end
+  if stock > 0 then
+    redis.call('HINCRBY', SALE, 'remaining', -stock)
+    redis.call('HINCRBY', SALE, 'confirmed', stock)
+  end
+  if has_user(part) then redis.call('HINCRBY', USERS, user, qty) end
+  redis.call('HSET', HOLDS, id, record('s', part, stock, qty, 0, user))
+end
+
+-- Settles the part of a hold this bucket has. Returns what that was (b for
+-- the whole hold, u, k or p) followed by the units of stock it carried, or
+-- false if the bucket has no record of the hold.
+local function settle_one(id)
+  local rec = redis.call('HGET', HOLDS, id)
+  if not rec then return false end
+  local state, qty, _, user, part, stock = parse(rec)
+  if state == 'h' then
+    if stock > 0 then
+      redis.call('HINCRBY', SALE, 'held', -stock)
+      redis.call('HINCRBY', SALE, 'confirmed', stock)
+    end
+    redis.call('HSET', HOLDS, id, record('s', part, stock, qty, 0, user))
+    redis.call('ZREM', EXPIRY, id)
+  end
+  if part == '' then part = 'b' end
+  return part .. stock
 end
 
 -- Marks confirmed orders as settled. Idempotent: settling twice is a no-op.
@@ -57,16 +108,7 @@ local function settle(first)
     local id = ARGV[first + 1 + i * 3]
     local user = ARGV[first + 2 + i * 3]
     local qty = tonumber(ARGV[first + 3 + i * 3])
-    local rec = redis.call('HGET', HOLDS, id)
-    if rec then
-      local state, hqty, _, huser = parse(rec)
-      if state == 'h' then
-        redis.call('HINCRBY', SALE, 'held', -hqty)
-        redis.call('HINCRBY', SALE, 'confirmed', hqty)
-        redis.call('HSET', HOLDS, id, 's|' .. hqty .. '|0|' .. huser)
-        redis.call('ZREM', EXPIRY, id)
-      end
-    else
+    if not settle_one(id) then
       adopt(id, user, qty)
       adopted = adopted + 1
     end
@@ -74,10 +116,34 @@ local function settle(first)
   return adopted
 end
 
+-- Adopts n triples from ARGV[first] on as `part`; stock parts only where
+-- the stock allows (unless forced). Returns one '1' (adopted) or '0' (not:
+-- no room, or a record exists already) per order.
+local function adopt_parts(first, part, force)
+  local n = tonumber(ARGV[first])
+  local out = {}
+  for i = 0, n - 1 do
+    local id = ARGV[first + 1 + i * 3]
+    local user = ARGV[first + 2 + i * 3]
+    local qty = tonumber(ARGV[first + 3 + i * 3])
+    local ok = redis.call('HEXISTS', HOLDS, id) == 0
+    if ok and part ~= 'u' and not force then
+      ok = tonumber(redis.call('HGET', SALE, 'remaining')) >= qty
+    end
+    if ok then adopt(id, user, qty, part) end
+    out[#out + 1] = ok and '1' or '0'
+  end
+  return table.concat(out), first + 1 + n * 3
+end
+
 local op = ARGV[1]
 
 if op == 'hold' then
-  -- ARGV: hold_id user_id qty ttl_ms
+  -- ARGV: hold_id user_id qty ttl_ms [spill]. Run in the user's home
+  -- bucket. With spill = 1 (a sale of several buckets) and no stock here,
+  -- the user's count is still taken (their limit is atomic here, and only
+  -- here) as a user part, and the caller takes the stock from another
+  -- bucket ('take'), or gives the user part back if none has any.
   local id, user, qty = ARGV[2], ARGV[3], tonumber(ARGV[4])
   local existing = redis.call('HGET', HOLDS, id)
   if existing then return {'exists', existing} end
@@ -86,16 +152,74 @@ if op == 'hold' then
   local now = now_ms()
   if now < tonumber(f[4]) then return {'upcoming'} end
   if now >= tonumber(f[5]) then return {'ended'} end
-  if tonumber(f[1]) < qty then return {'sold_out', f[2], f[1]} end
+  local expires = now + tonumber(ARGV[5])
+  if tonumber(f[1]) < qty then
+    if ARGV[6] ~= '1' then return {'sold_out', f[2], f[1]} end
+    local taken = tonumber(redis.call('HGET', USERS, user) or '0')
+    if taken + qty > tonumber(f[3]) then return {'limit'} end
+    -- Whatever stock is here is taken too; the rest comes from elsewhere.
+    local here = math.max(0, tonumber(f[1]))
+    redis.call('HINCRBY', USERS, user, qty)
+    local part = 'u'
+    if here > 0 then
+      part = 'p'
+      redis.call('HINCRBY', SALE, 'remaining', -here)
+      redis.call('HINCRBY', SALE, 'held', here)
+    end
+    redis.call('HSET', HOLDS, id, record('h', part, here, qty, expires, user))
+    redis.call('ZADD', EXPIRY, expires, id)
+    return {'spill', tostring(expires), f[2], f[1], tostring(here)}
+  end
   local taken = tonumber(redis.call('HGET', USERS, user) or '0')
   if taken + qty > tonumber(f[3]) then return {'limit'} end
-  local expires = now + tonumber(ARGV[5])
   redis.call('HINCRBY', SALE, 'remaining', -qty)
   redis.call('HINCRBY', SALE, 'held', qty)
   redis.call('HINCRBY', USERS, user, qty)
   redis.call('HSET', HOLDS, id, 'h|' .. qty .. '|' .. expires .. '|' .. user)
   redis.call('ZADD', EXPIRY, expires, id)
   return {'held', tostring(expires)}
+
+elseif op == 'take' then
+  -- ARGV: hold_id user_id want expires_ms. A stock part of a hold whose
+  -- user part is in the user's home bucket; same id, same expiry. Takes
+  -- what this bucket has, up to `want` (a hold of several units may take
+  -- its stock from several buckets: no unit is refused while any bucket
+  -- has it).
+  local id, user, want = ARGV[2], ARGV[3], tonumber(ARGV[4])
+  local existing = redis.call('HGET', HOLDS, id)
+  if existing then return {'exists', existing} end
+  local f = redis.call('HMGET', SALE, 'remaining', 'held', 'starts', 'ends')
+  if not f[1] then return {'missing'} end
+  local now = now_ms()
+  if now < tonumber(f[3]) then return {'upcoming'} end
+  if now >= tonumber(f[4]) then return {'ended'} end
+  local qty = math.min(want, tonumber(f[1]))
+  if qty <= 0 then return {'sold_out', f[2], f[1]} end
+  redis.call('HINCRBY', SALE, 'remaining', -qty)
+  redis.call('HINCRBY', SALE, 'held', qty)
+  redis.call('HSET', HOLDS, id, record('h', 'k', qty, qty, ARGV[5], user))
+  redis.call('ZADD', EXPIRY, tonumber(ARGV[5]), id)
+  return {'held', tostring(qty)}
+
+elseif op == 'settle_parts' then
+  -- ARGV: n, then n triples. Settles what this bucket has of each order
+  -- and says what that was, per order (see settle_one; - for nothing);
+  -- the caller adopts what no bucket had.
+  if redis.call('EXISTS', SALE) == 0 then return -1 end
+  local n = tonumber(ARGV[2])
+  local out = {}
+  for i = 0, n - 1 do
+    out[#out + 1] = settle_one(ARGV[3 + i * 3]) or '-'
+  end
+  return out
+
+elseif op == 'adopt' then
+  -- ARGV: part ('' as 'b', 'u' or 'k') force n triples; see adopt_parts.
+  if redis.call('EXISTS', SALE) == 0 then return -1 end
+  local part = ARGV[2]
+  if part == 'b' then part = '' end
+  local codes = adopt_parts(4, part, ARGV[3] == '1')
+  return codes
 
 elseif op == 'settle' then
   -- ARGV: n, then n triples of hold_id user_id qty
@@ -105,26 +229,47 @@ elseif op == 'settle' then
 elseif op == 'release' then
   -- ARGV: hold_id expires_ms. Only the very hold taken at expires_ms is
   -- released, so a late release can never free a newer hold of the same id.
+  -- Returns 0 (nothing released), 1 (all of a hold), 2 (its user part)
+  -- or 3 (its stock part).
   local rec = redis.call('HGET', HOLDS, ARGV[2])
   if not rec then return 0 end
-  local state, qty, expires, user = parse(rec)
+  local state, qty, expires, user, part, stock = parse(rec)
   if state ~= 'h' or expires ~= ARGV[3] then return 0 end
-  redis.call('HINCRBY', SALE, 'remaining', qty)
-  redis.call('HINCRBY', SALE, 'held', -qty)
-  if redis.call('HINCRBY', USERS, user, -qty) <= 0 then redis.call('HDEL', USERS, user) end
+  if stock > 0 then
+    redis.call('HINCRBY', SALE, 'remaining', stock)
+    redis.call('HINCRBY', SALE, 'held', -stock)
+  end
+  if has_user(part) and redis.call('HINCRBY', USERS, user, -qty) <= 0 then
+    redis.call('HDEL', USERS, user)
+  end
   redis.call('HDEL', HOLDS, ARGV[2])
   redis.call('ZREM', EXPIRY, ARGV[2])
+  if part == 'u' or part == 'p' then return 2 elseif part == 'k' then return 3 end
   return 1
 
 elseif op == 'load' then
-  -- ARGV: total limit starts ends n, then n triples of confirmed orders.
-  -- Only loads a sale the gate does not have: a live gate is never clobbered.
+  -- ARGV: total limit starts ends n, then n triples of confirmed orders
+  -- [buckets, then three lists (n + triples each): orders all here, user
+  -- parts, stock parts]. `total` is this bucket's share of the stock.
+  -- Only loads a bucket the gate does not have: a live one is never clobbered.
   if redis.call('EXISTS', SALE) == 1 then return 0 end
   redis.call('DEL', USERS, HOLDS, EXPIRY)
   redis.call('HSET', SALE, 'total', ARGV[2], 'limit', ARGV[3], 'starts', ARGV[4], 'ends', ARGV[5],
     'remaining', ARGV[2], 'held', 0, 'confirmed', 0)
   settle(6)
+  local next_arg = 7 + tonumber(ARGV[6]) * 3
+  if ARGV[next_arg] then
+    redis.call('HSET', SALE, 'buckets', ARGV[next_arg])
+    local _, after_users = adopt_parts(next_arg + 1, 'u', true)
+    adopt_parts(after_users, 'k', true)
+  end
   return 1
+
+elseif op == 'buckets' then
+  -- How many buckets the sale has (the layout's one stored fact), or nil.
+  local f = redis.call('HMGET', SALE, 'total', 'buckets')
+  if not f[1] then return false end
+  return tonumber(f[2] or '1')
 
 elseif op == 'lookup' then
   -- ARGV: hold_id

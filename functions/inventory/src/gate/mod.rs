@@ -8,12 +8,16 @@
 //! ends expires, and the sweeper asks the ledger which of the two it was.
 //!
 //! Two implementations: [`RedisGate`] (the real one; the logic is one Lua
-//! script, `gate.lua`) and [`MemoryGate`] (embedded mode). Both pass the
-//! same conformance suite (`tests/gate_conformance.rs`).
+//! script, `gate.lua`, run per bucket of a sale: see `buckets.rs`) and
+//! [`MemoryGate`] (embedded mode, one process: a sale is one pool however
+//! many buckets it names). Both pass the same conformance suite
+//! (`tests/gate_conformance.rs`).
 
+pub mod buckets;
 mod memory;
 mod redis;
 
+pub use self::buckets::Layout;
 pub use self::memory::MemoryGate;
 pub use self::redis::RedisGate;
 
@@ -68,6 +72,24 @@ pub struct GateSnapshot {
     pub oldest_expiry_ms: Option<i64>,
 }
 
+impl GateSnapshot {
+    /// A sale's counters from its buckets' (each balanced on its own).
+    pub fn sum(buckets: &[GateSnapshot]) -> GateSnapshot {
+        GateSnapshot {
+            total: buckets.iter().map(|b| b.total).sum(),
+            remaining: buckets.iter().map(|b| b.remaining).sum(),
+            held: buckets.iter().map(|b| b.held).sum(),
+            confirmed: buckets.iter().map(|b| b.confirmed).sum(),
+            open_holds: buckets.iter().map(|b| b.open_holds).sum(),
+            oldest_expiry_ms: buckets.iter().filter_map(|b| b.oldest_expiry_ms).min(),
+        }
+    }
+
+    pub fn balanced(&self) -> bool {
+        self.remaining + self.held + self.confirmed == self.total
+    }
+}
+
 #[derive(Debug, Clone, thiserror::Error)]
 #[error("stock gate unavailable: {0}")]
 pub struct GateError(pub String);
@@ -115,6 +137,16 @@ pub trait StockGate: Send + Sync + 'static {
 
     async fn snapshot(&self, sale: &SaleId) -> Result<Option<GateSnapshot>, GateError>;
 
+    /// The counters of each bucket of the sale (one for a sale of one
+    /// bucket, and for gates that do not split stock); `None` if the gate
+    /// lacks the sale or any of its buckets.
+    async fn bucket_snapshots(
+        &self,
+        sale: &SaleId,
+    ) -> Result<Option<Vec<GateSnapshot>>, GateError> {
+        Ok(self.snapshot(sale).await?.map(|s| vec![s]))
+    }
+
     /// Drops everything the gate knows about a sale (a stale leftover of a
     /// sale the ledger does not have, or a test simulating a lost Redis).
     async fn forget(&self, sale: &SaleId) -> Result<(), GateError>;
@@ -122,10 +154,12 @@ pub trait StockGate: Send + Sync + 'static {
     async fn ready(&self) -> Result<(), String>;
 }
 
-/// Parses a hold record `state|qty|expires|user`, the format `gate.lua` writes.
+/// Parses a hold record `state|qty|expires|user`, the format `gate.lua`
+/// writes. The state may carry a part (`hu`, `hp2`, `sk`, ...: a hold split
+/// over buckets); every part tells the hold's state, user and quantity.
 pub(crate) fn parse_record(hold_id: &HoldId, rec: &str) -> Option<HoldState> {
     let mut parts = rec.splitn(4, '|');
-    let state = parts.next()?;
+    let state = parts.next()?.get(..1)?;
     let quantity: u32 = parts.next()?.parse().ok()?;
     let expires_ms: i64 = parts.next()?.parse().ok()?;
     let user_id = parts.next()?.to_owned();

@@ -137,6 +137,8 @@ fn sale_from_item(sale_id: &SaleId, item: &Item) -> Option<SaleDefinition> {
         starts_at: time(get_s(item, "starts_at")?)?,
         ends_at: get_s(item, "ends_at").and_then(time),
         created_at: time(get_s(item, "created_at")?)?,
+        // Sales written before buckets existed are one bucket.
+        stock_buckets: get_n(item, "stock_buckets").unwrap_or(1),
     })
 }
 
@@ -274,6 +276,7 @@ impl Ledger for DynamoLedger {
             .item("name", s(&sale.name))
             .item("stock_total", n(sale.stock_total))
             .item("per_user_limit", n(sale.per_user_limit))
+            .item("stock_buckets", n(sale.stock_buckets))
             .item("starts_at", s(rfc3339(sale.starts_at)))
             .item("created_at", s(rfc3339(sale.created_at)))
             .item("confirmed", n(0))
