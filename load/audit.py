@@ -228,6 +228,16 @@ def audit(source, sale: str, expect_sold_out: bool = False, settle_timeout: floa
     add("balanced", bool(bd.get("balanced")) and rem + held + conf == total,
         f"remaining {rem} + held {held} + confirmed {conf} = {rem + held + conf} vs total {total}"
         f" (service says balanced={bd.get('balanced')})")
+    # A sale split into gate buckets (one per Redis Cluster shard) must
+    # balance in every bucket, and the buckets' shares make up the stock.
+    buckets = bd.get("buckets") or []
+    if buckets:
+        off = [b.get("bucket") for b in buckets
+               if not b.get("balanced") or int(b["stock_remaining"]) + int(b["held"]) + int(b["confirmed"])
+               != int(b["stock_total"])]
+        shares = sum(int(b["stock_total"]) for b in buckets)
+        add("buckets_balanced", not off and shares == total,
+            f"{len(buckets)} buckets, shares sum to {shares} of {total}; unbalanced: {off or 'none'}")
     cons = conf <= ledger <= conf + held and ledger <= total
     add("consistent", bool(bd.get("consistent")) and cons,
         f"confirmed {conf} <= ledger {ledger} <= confirmed+held {conf + held}"
@@ -317,6 +327,18 @@ def self_test() -> int:
     def unbalanced(fx):
         fx["breakdown"].update(stock_remaining=1, balanced=False)
 
+    def bucket_off(fx):
+        fx["breakdown"]["buckets"] = [
+            {"bucket": 0, "stock_total": 5, "stock_remaining": 1, "held": 0, "confirmed": 5, "open_holds": 0,
+             "balanced": False},
+            {"bucket": 1, "stock_total": 5, "stock_remaining": -1, "held": 0, "confirmed": 5, "open_holds": 0,
+             "balanced": False}]
+
+    def buckets_ok(fx):
+        fx["breakdown"]["buckets"] = [
+            {"bucket": b, "stock_total": 5, "stock_remaining": 0, "held": 0, "confirmed": 5, "open_holds": 0,
+             "balanced": True} for b in (0, 1)]
+
     def inconsistent(fx):
         fx["breakdown"].update(ledger_confirmed=9, consistent=False)
 
@@ -338,6 +360,8 @@ def self_test() -> int:
         ("user over limit", {"a": over_limit}, False, "per_user_limit"),
         ("same key twice", {"a": dup_key}, False, "idempotency"),
         ("unbalanced", {"a": unbalanced}, False, "balanced"),
+        ("two balanced buckets", {"a": buckets_ok}, True, None),
+        ("a bucket unbalanced, the sum right", {"a": bucket_off}, False, "buckets_balanced"),
         ("inconsistent", {"a": inconsistent}, False, "consistent"),
         ("hold lapsed 60 s ago", {"a": stale}, False, "holds_bounded"),
         ("not sold out", {"a": not_sold_out}, False, "sold_out"),
