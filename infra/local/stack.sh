@@ -118,7 +118,9 @@ backends() {
 
 # The signing key pair lives in .local/secrets.env. Only auth is given the
 # private half, as on the platforms: stock and order get the public key, and
-# only stock the admin token. Nothing is exported to every function.
+# only stock the admin token. Nothing is exported to every function. A second
+# pair signs waiting-room admissions: its private half only stock has, its
+# public half only order.
 secrets() {
   local f="$LOCAL/secrets.env"
   if [ ! -s "$f" ]; then
@@ -130,6 +132,16 @@ secrets() {
   SIGNING_KEY=$(sed -n 's/^TOKEN_SIGNING_KEY=//p' "$f")
   PUBLIC_KEY=$(sed -n 's/^TOKEN_PUBLIC_KEY=//p' "$f")
   [ -n "$SIGNING_KEY" ] && [ -n "$PUBLIC_KEY" ] || die "$f lacks TOKEN_SIGNING_KEY or TOKEN_PUBLIC_KEY (delete it to regenerate)"
+  # A second pair for waiting-room admission tokens: stock signs, order verifies.
+  local a="$LOCAL/admission.env"
+  if [ ! -s "$a" ]; then
+    "$BIN/auth" keygen >"$a.tmp"
+    mv "$a.tmp" "$a"
+    chmod 600 "$a"
+  fi
+  ADMISSION_KEY=$(sed -n 's/^TOKEN_SIGNING_KEY=//p' "$a")
+  ADMISSION_PUB=$(sed -n 's/^TOKEN_PUBLIC_KEY=//p' "$a")
+  [ -n "$ADMISSION_KEY" ] && [ -n "$ADMISSION_PUB" ] || die "$a lacks its key pair (delete it to regenerate)"
   # The development default; export your own ADMIN_TOKEN for anything shared.
   ADMIN=${ADMIN_TOKEN:-dev-admin-token}
   unset TOKEN_SIGNING_KEY TOKEN_PUBLIC_KEY ADMIN_TOKEN
@@ -139,7 +151,8 @@ secrets() {
 secret_env() { # name
   case "$1" in
     auth) SECRET_ENV=(TOKEN_SIGNING_KEY="$SIGNING_KEY") ;;
-    stock) SECRET_ENV=(TOKEN_PUBLIC_KEY="$PUBLIC_KEY" ADMIN_TOKEN="$ADMIN") ;;
+    stock) SECRET_ENV=(TOKEN_PUBLIC_KEY="$PUBLIC_KEY" ADMIN_TOKEN="$ADMIN" ADMISSION_SIGNING_KEY="$ADMISSION_KEY") ;;
+    order) SECRET_ENV=(TOKEN_PUBLIC_KEY="$PUBLIC_KEY" ADMISSION_PUBLIC_KEY="$ADMISSION_PUB") ;;
     *) SECRET_ENV=(TOKEN_PUBLIC_KEY="$PUBLIC_KEY") ;;
   esac
 }

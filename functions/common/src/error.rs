@@ -50,6 +50,14 @@ pub enum ApiError {
     SaleNotLive,
     #[error("this Idempotency-Key was already used for a different request")]
     IdempotencyKeyReused,
+    /// Waiting room (v1.1): checkout of a queued sale without a valid
+    /// admission token for this user and sale.
+    #[error("this sale admits buyers through its waiting room: join the queue and check out with your admission token")]
+    AdmissionRequired,
+    #[error("this sale has no waiting room")]
+    NoWaitingRoom,
+    #[error("no such ticket")]
+    TicketNotFound,
     /// Load shedding or a backend that is down or slow: try again shortly.
     #[error("the service is busy; try again shortly")]
     Overloaded { retry_after_secs: u64 },
@@ -95,6 +103,9 @@ impl ApiError {
             LimitReached => (StatusCode::CONFLICT, "limit_reached"),
             SaleNotLive => (StatusCode::CONFLICT, "sale_not_live"),
             IdempotencyKeyReused => (StatusCode::CONFLICT, "idempotency_key_reused"),
+            AdmissionRequired => (StatusCode::FORBIDDEN, "admission_required"),
+            NoWaitingRoom => (StatusCode::CONFLICT, "no_waiting_room"),
+            TicketNotFound => (StatusCode::NOT_FOUND, "ticket_not_found"),
             Overloaded { .. } => (StatusCode::SERVICE_UNAVAILABLE, "overloaded"),
             Internal(_) => (StatusCode::INTERNAL_SERVER_ERROR, "internal"),
         }

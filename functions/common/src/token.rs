@@ -13,6 +13,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::config::ConfigError;
 
+pub mod admission;
 mod cache;
 
 use cache::VerifiedTokens;
@@ -32,6 +33,12 @@ pub struct Claims {
     pub exp: i64,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub nbf: Option<i64>,
+    /// Admission tokens only (`admission.rs`): the sale admitted to.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sale: Option<String>,
+    /// Admission tokens only: the waiting-room ticket admitted.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub jti: Option<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -160,6 +167,8 @@ impl TokenSigner {
             iat: now,
             exp: now + self.ttl_secs,
             nbf: Some(now),
+            sale: None,
+            jti: None,
         })
     }
 
@@ -348,6 +357,8 @@ mod tests {
             iat: NOW,
             exp: NOW + 900,
             nbf: None,
+            sale: None,
+            jti: None,
         }
     }
 

@@ -18,6 +18,7 @@ pub mod gate;
 pub mod ledger;
 pub mod overload;
 pub mod sale;
+pub mod waiting_room;
 
 use std::sync::Arc;
 
@@ -58,4 +59,15 @@ pub async fn from_settings(
     };
     let limits = admission::CheckoutLimits::from_env(limiter)?;
     Ok(Inventory::with_limits(gate, ledger, config, Some(limits)))
+}
+
+/// The waiting rooms, on the store the settings name (Redis, or memory in
+/// embedded mode).
+pub fn waiting_rooms(settings: &Settings) -> anyhow::Result<Arc<dyn waiting_room::WaitingRoom>> {
+    Ok(match settings.store {
+        StoreMode::Aws => Arc::new(waiting_room::RedisRoom::new(common::backends::redis(
+            settings,
+        )?)),
+        StoreMode::Memory => Arc::new(waiting_room::MemoryRoom::default()),
+    })
 }

@@ -112,6 +112,9 @@ pub struct SaleDefinition {
     /// of its own so that on a Redis Cluster they land on different shards
     /// (see `gate/buckets.rs`). 1, the default, is one part: one shard.
     pub stock_buckets: u16,
+    /// Contract v1.1: buyers are admitted to checkout through a waiting
+    /// room (`waiting_room/`); `None` for a sale without one.
+    pub waiting_room: Option<crate::waiting_room::RoomConfig>,
 }
 
 pub const MAX_STOCK: u64 = 10_000_000;
@@ -163,6 +166,7 @@ impl SaleDefinition {
             ends_at,
             created_at: now,
             stock_buckets: 1,
+            waiting_room: None,
         })
     }
 
@@ -221,6 +225,7 @@ impl SaleDefinition {
             status,
             starts_at: rfc3339(self.starts_at),
             ends_at: self.ends_at.map(rfc3339),
+            waiting_room: self.waiting_room,
         }
     }
 }
@@ -252,6 +257,9 @@ pub struct SaleView {
     pub status: SaleStatus,
     pub starts_at: String,
     pub ends_at: Option<String>,
+    /// Only on a sale with a waiting room: the same object it was created with.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub waiting_room: Option<crate::waiting_room::RoomConfig>,
 }
 
 /// A confirmed order, as the ledger stores it and the contract shows it.

@@ -13,9 +13,11 @@ use serde::Deserialize;
 
 use common::client_ip::{ClientIp, ClientIpPolicy};
 use common::http::ApiJson;
+use common::token::admission::AdmissionVerifier;
 use common::token::{AuthUser, TokenVerifier};
 use common::{ApiError, ApiResult};
 use inventory::sale::{OrderView, SaleId};
+use inventory::waiting_room::WaitingRoom;
 use inventory::{Checkout, CheckoutRequest, Inventory};
 
 #[derive(Clone)]
@@ -24,6 +26,55 @@ pub struct OrderState {
     pub verifier: Arc<TokenVerifier>,
     /// Where the buyer's address comes from, for per-IP checkout limits.
     pub client_ip: Arc<ClientIpPolicy>,
+    /// Checkouts of sales with a waiting room (contract v1.1).
+    pub admissions: Admissions,
+}
+
+/// What the order function needs for sales with a waiting room: the key
+/// that verifies admission tokens (`ADMISSION_PUBLIC_KEY`; without it, no
+/// checkout of such a sale is admitted), and the rooms, to hand a used
+/// admission's place to the next in line.
+#[derive(Clone, Default)]
+pub struct Admissions {
+    pub verifier: Option<Arc<AdmissionVerifier>>,
+    pub rooms: Option<Arc<dyn WaitingRoom>>,
+}
+
+impl Admissions {
+    /// The ticket this request's `Admission-Token` admits to `sale`, or
+    /// `403 admission_required`. Verified here, with no call out.
+    fn check(&self, headers: &HeaderMap, user: &str, sale: &SaleId) -> ApiResult<String> {
+        let token = headers
+            .get("admission-token")
+            .and_then(|v| v.to_str().ok())
+            .ok_or(ApiError::AdmissionRequired)?;
+        let verifier = self.verifier.as_ref().ok_or_else(|| {
+            tracing::warn!(
+                "a waiting-room sale, but no ADMISSION_PUBLIC_KEY on this order function"
+            );
+            ApiError::AdmissionRequired
+        })?;
+        verifier
+            .verify(token, user, sale.as_str(), chrono::Utc::now().timestamp())
+            .map(|a| a.ticket)
+            .map_err(|reason| {
+                tracing::debug!(%reason, "admission refused");
+                ApiError::AdmissionRequired
+            })
+    }
+
+    /// Off the answer's path: if it fails, the admission simply stays
+    /// counted until it expires (the room admits a little slower).
+    fn used(&self, sale: &SaleId, ticket: String) {
+        if let Some(rooms) = self.rooms.clone() {
+            let sale = sale.clone();
+            tokio::spawn(async move {
+                if let Err(e) = rooms.used(&sale, &ticket).await {
+                    tracing::warn!(%sale, error = %e, "could not mark an admission used");
+                }
+            });
+        }
+    }
 }
 
 impl FromRef<OrderState> for Arc<ClientIpPolicy> {
@@ -84,14 +135,24 @@ async fn checkout(
         .filter(|q| *q >= 1)
         .ok_or_else(|| ApiError::invalid("quantity must be a positive whole number"))?;
     let sale_id = SaleId::parse(&body.sale_id).map_err(|_| ApiError::SaleNotFound)?;
+    let sale = state.inventory.definition(&sale_id).await?;
+    let admitted = match sale.waiting_room {
+        Some(_) => Some(state.admissions.check(&headers, &user.user_id, &sale_id)?),
+        None => None,
+    };
     let request = CheckoutRequest {
-        sale_id,
+        sale_id: sale_id.clone(),
         quantity,
         idempotency_key,
         client_ip,
     };
     let (status, order) = match state.inventory.checkout(&user.user_id, request).await? {
-        Checkout::Created(order) => (StatusCode::CREATED, order),
+        Checkout::Created(order) => {
+            if let Some(ticket) = admitted {
+                state.admissions.used(&sale_id, ticket);
+            }
+            (StatusCode::CREATED, order)
+        }
         Checkout::Replayed(order) => (StatusCode::OK, order),
     };
     let view = OrderView::from(&order);

@@ -45,6 +45,10 @@ async fn main() -> anyhow::Result<()> {
         inventory,
         verifier: Arc::new(verifier),
         client_ip: Arc::new(common::client_ip::ClientIpPolicy::from_env()?),
+        admissions: order::Admissions {
+            verifier: common::token::admission::AdmissionVerifier::from_env()?.map(Arc::new),
+            rooms: Some(inventory::waiting_rooms(&settings)?),
+        },
     };
     common::serve(order::app(state, &http)).await
 }

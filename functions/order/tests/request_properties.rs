@@ -54,6 +54,7 @@ fn app() -> App {
         inventory: inventory.clone(),
         verifier: Arc::new(signer.verifier()),
         client_ip: Arc::new(ClientIpPolicy::default()),
+        admissions: Default::default(),
     };
     let router = order::app(state, &common::http::HttpOptions { max_in_flight: 64 });
     App {

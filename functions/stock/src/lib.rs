@@ -1,6 +1,11 @@
 //! The stock function: `POST /stock/sales` (admin), `GET /stock/sales/{id}`,
-//! and the admin extensions `…/breakdown`, `…/reconcile`, `…/orders`.
+//! the waiting room's `…/queue` calls and page (`queue.rs`), and the admin
+//! extensions `…/breakdown`, `…/reconcile`, `…/orders`.
 //! The stock itself is kept by the `inventory` crate.
+
+pub mod queue;
+
+use std::sync::Arc;
 
 use axum::extract::{Path, State};
 use axum::http::{HeaderMap, StatusCode};
@@ -11,8 +16,11 @@ use serde::Deserialize;
 
 use common::config::Secret;
 use common::http::ApiJson;
+use common::token::admission::AdmissionSigner;
+use common::token::TokenVerifier;
 use common::{ApiError, ApiResult};
 use inventory::sale::{OrderView, SaleDefinition, SaleId};
+use inventory::waiting_room::{RoomConfig, WaitingRoom};
 use inventory::Inventory;
 
 #[derive(Clone)]
@@ -23,12 +31,22 @@ pub struct StockState {
     /// `SALE_STOCK_BUCKETS`: gate buckets for a sale created without
     /// `stock_buckets`; 1 (one shard) unless the deployment says otherwise.
     pub default_stock_buckets: u16,
+    /// The waiting rooms of the sales that have one.
+    pub room: Arc<dyn WaitingRoom>,
+    /// `ADMISSION_SIGNING_KEY`: signs admission tokens; without it, sales
+    /// with a waiting room cannot be created here.
+    pub admission: Option<Arc<AdmissionSigner>>,
+    /// Verifies buyers' access tokens on the queue calls (`TOKEN_PUBLIC_KEY`).
+    pub verifier: Option<Arc<TokenVerifier>>,
 }
 
 pub fn app(state: StockState, http: &common::http::HttpOptions) -> Router {
     let routes = Router::new()
         .route("/stock/sales", post(create_sale))
         .route("/stock/sales/{sale_id}", get(view_sale))
+        .route("/stock/sales/{sale_id}/queue", post(queue::join))
+        .route("/stock/sales/{sale_id}/queue/{ticket}", get(queue::poll))
+        .route("/stock/sales/{sale_id}/room", get(queue::page))
         .route("/stock/sales/{sale_id}/breakdown", get(breakdown))
         .route("/stock/sales/{sale_id}/reconcile", post(reconcile))
         .route("/stock/sales/{sale_id}/orders", get(sale_orders))
@@ -66,6 +84,17 @@ struct NewSale {
     /// Extension: the stock split into this many gate buckets (one per
     /// Redis Cluster shard is the point); `SALE_STOCK_BUCKETS` when absent.
     stock_buckets: Option<i64>,
+    /// Contract v1.1: admit buyers through a waiting room.
+    waiting_room: Option<NewRoom>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct NewRoom {
+    /// Admissions per second; the ledger's measured capacity by default.
+    admit_per_second: Option<i64>,
+    /// Extension: how long an admission lasts (2-3600 s, default 60).
+    admission_ttl_seconds: Option<i64>,
 }
 
 async fn create_sale(
@@ -93,7 +122,21 @@ async fn create_sale(
             .unwrap_or_else(|| i64::from(state.default_stock_buckets).min(sale.stock_total as i64));
         sale.with_stock_buckets(buckets)
     })
+    .and_then(|mut sale| {
+        if let Some(room) = &body.waiting_room {
+            sale.waiting_room = Some(RoomConfig::new(
+                room.admit_per_second,
+                room.admission_ttl_seconds,
+            )?);
+        }
+        Ok(sale)
+    })
     .map_err(ApiError::invalid)?;
+    if sale.waiting_room.is_some() && state.admission.is_none() {
+        return Err(ApiError::invalid(
+            "this deployment cannot run waiting rooms: the stock function has no ADMISSION_SIGNING_KEY",
+        ));
+    }
     let view = state.inventory.create_sale(sale).await?;
     tracing::info!(
         sale_id = view.sale_id,

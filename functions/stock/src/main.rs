@@ -1,5 +1,7 @@
 //! `stock`: serve the stock function, or run one of its admin chores.
 
+use std::sync::Arc;
+
 use clap::{Parser, Subcommand};
 
 #[derive(Parser)]
@@ -11,7 +13,8 @@ use clap::{Parser, Subcommand};
         breakdown/reconcile calls.\n\nWith no subcommand it serves HTTP on $PORT (default 8080), or runs \
         as an AWS Lambda function when AWS_LAMBDA_RUNTIME_API is set. Configuration comes from the \
         environment: ADMIN_TOKEN, STORE (aws|memory), REDIS_URL, DYNAMODB_ENDPOINT, LEDGER_TABLE, \
-        HOLD_TTL_SECONDS, LOG_LEVEL. See README.md."
+        HOLD_TTL_SECONDS, SALE_STOCK_BUCKETS, TOKEN_PUBLIC_KEY (buyers on the waiting-room calls), \
+        ADMISSION_SIGNING_KEY (admission tokens of waiting-room sales), LOG_LEVEL. See README.md."
 )]
 struct Cli {
     #[command(subcommand)]
@@ -75,11 +78,32 @@ async fn main() -> anyhow::Result<()> {
                     inventory::sale::MAX_STOCK_BUCKETS
                 );
             }
+            let admission = common::token::admission::AdmissionSigner::from_env()?.map(Arc::new);
+            if admission.is_none() {
+                tracing::warn!(
+                    "ADMISSION_SIGNING_KEY is not set: sales with a waiting room cannot be created"
+                );
+            }
+            let verifier = match common::token::TokenVerifier::from_public_keys(
+                &settings.token_public_keys,
+                &settings.token_issuer,
+                &settings.token_audience,
+            ) {
+                Ok(v) => Some(Arc::new(v)),
+                Err(e) => {
+                    tracing::warn!(error = %e, "no access-token key: waiting-room calls will answer 401");
+                    None
+                }
+            };
+            let room = inventory::waiting_rooms(&settings)?;
             common::serve(stock::app(
                 stock::StockState {
                     inventory,
                     admin_token,
                     default_stock_buckets,
+                    room,
+                    admission,
+                    verifier,
                 },
                 &http,
             ))

@@ -125,7 +125,10 @@ async fn run(label: &str, variant: &RedisVariant, buckets: i64, seconds: u64, ta
             tokio::spawn(async move {
                 let user = format!("bench-user-{t}");
                 while Instant::now() < deadline {
-                    match gate.try_hold(&sale_id, &HoldId::random(), &user, 1, 60_000).await {
+                    match gate
+                        .try_hold(&sale_id, &HoldId::random(), &user, 1, 60_000)
+                        .await
+                    {
                         Ok(HoldOutcome::Held(h)) => {
                             holds.fetch_add(1, Ordering::Relaxed);
                             let _ = gate.release(&sale_id, &h).await;

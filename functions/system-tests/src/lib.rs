@@ -142,6 +142,7 @@ impl TestStack {
             );
         }
         let gate: Arc<dyn StockGate> = Arc::new(RedisGate::new(redis.clone()));
+        let redis_for_rooms = redis.clone();
         let ledger: Arc<dyn Ledger> = (options.wrap_ledger)(Arc::new(ledger));
         let limits = CheckoutLimits::new(
             Arc::new(RedisRateLimiter::new(redis.clone())),
@@ -177,16 +178,28 @@ impl TestStack {
             signer: signer.clone(),
         };
         let (auth, a) = spawn_app(auth::app(auth_state, &http)).await;
+        // Waiting rooms on the stack's Redis; admission tokens signed by a
+        // key of the stack's own, verified by its order function.
+        let rooms: Arc<dyn inventory::waiting_room::WaitingRoom> =
+            Arc::new(inventory::waiting_room::RedisRoom::new(redis_for_rooms));
+        let admission = Arc::new(common::token::admission::AdmissionSigner::generate());
         let stock_state = stock::StockState {
             inventory: inventory.clone(),
             admin_token: Some(Secret::new(ADMIN_TOKEN)),
             default_stock_buckets: options.default_stock_buckets,
+            room: rooms.clone(),
+            admission: Some(admission.clone()),
+            verifier: Some(Arc::new(signer.verifier())),
         };
         let (stock, b) = spawn_app(stock::app(stock_state, &http)).await;
         let order_state = order::OrderState {
             inventory: inventory.clone(),
             verifier: Arc::new(signer.verifier()),
             client_ip: Arc::new(options.client_ip),
+            admissions: order::Admissions {
+                verifier: Some(Arc::new(admission.verifier())),
+                rooms: Some(rooms),
+            },
         };
         let (order, c) = spawn_app(order::app(order_state, &http)).await;
         let client = reqwest::Client::builder()

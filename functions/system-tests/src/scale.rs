@@ -168,6 +168,7 @@ async fn build_instance(spec: InstanceSpec) -> axum::Router {
         inventory,
         verifier: spec.verifier,
         client_ip: Arc::new(ClientIpPolicy::default()),
+        admissions: Default::default(),
     };
     let http = HttpOptions {
         max_in_flight: spec.max_in_flight,

@@ -26,6 +26,7 @@ fn order_app(stack: &TestStack, policy: ClientIpPolicy) -> axum::Router {
             inventory: stack.inventory.clone(),
             verifier: Arc::new(stack.signer.verifier()),
             client_ip: Arc::new(policy),
+            admissions: Default::default(),
         },
         &HttpOptions { max_in_flight: 64 },
     )

@@ -221,6 +221,8 @@ async fn contract_errors(stack: &TestStack, out: &mut Answers) {
         iat: 1_000,
         exp: 2_000,
         nbf: None,
+        sale: None,
+        jti: None,
     });
     let foreign = TokenSigner::generate(
         &stack.settings.token_issuer,

@@ -96,6 +96,8 @@ async fn every_order_call_needs_a_valid_token() {
             iat: now,
             exp: now + 600,
             nbf: None,
+            sale: None,
+            jti: None,
         };
         f(&mut c);
         stack.signer.sign_claims(&c)

@@ -117,6 +117,10 @@ async fn embedded_routers() -> anyhow::Result<[Router; 3]> {
     };
     let inventory =
         inventory::from_settings(&settings, inventory::InventoryConfig::default()).await?;
+    // One process: the stock and order functions share the rooms and a
+    // fresh admission key.
+    let rooms = inventory::waiting_rooms(&settings)?;
+    let admission = Arc::new(common::token::admission::AdmissionSigner::generate());
     println!("embedded mode: in-memory stores; admin token: {admin_token}");
     Ok([
         auth::app(auth_state, &http),
@@ -126,6 +130,9 @@ async fn embedded_routers() -> anyhow::Result<[Router; 3]> {
                 admin_token: Some(common::config::Secret::new(admin_token)),
                 // In-memory gate: one process, nothing to spread over.
                 default_stock_buckets: 1,
+                room: rooms.clone(),
+                admission: Some(admission.clone()),
+                verifier: Some(verifier.clone()),
             },
             &http,
         ),
@@ -134,6 +141,10 @@ async fn embedded_routers() -> anyhow::Result<[Router; 3]> {
                 inventory,
                 verifier,
                 client_ip: Arc::new(common::client_ip::ClientIpPolicy::from_env()?),
+                admissions: order::Admissions {
+                    verifier: Some(Arc::new(admission.verifier())),
+                    rooms: Some(rooms),
+                },
             },
             &http,
         ),

@@ -61,6 +61,8 @@ mod tests {
             iat: 0,
             exp: 1_000_000,
             nbf: None,
+            sale: None,
+            jti: None,
         }
     }
 

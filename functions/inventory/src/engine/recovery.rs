@@ -10,6 +10,7 @@ use crate::error::InventoryError;
 use crate::gate::{GateSnapshot, Hold};
 use crate::ledger::{as_settled_hold, HoldTruth};
 use crate::sale::{jittered, rfc3339, SaleDefinition, SaleId};
+use crate::waiting_room::StockLevel;
 
 /// Lapsed holds one sweep claims at most.
 const SWEEP_BATCH: usize = 500;
@@ -218,6 +219,18 @@ impl Inventory {
             None => self.rebuild(&sale).await?,
         }
         self.breakdown(sale_id).await
+    }
+
+    /// What the sale can still serve, for its waiting room: units neither
+    /// held nor sold, and whether nothing is left that could come back.
+    /// Starts a sweep, so lapsed holds return and a sell-out is final.
+    pub async fn stock_level(&self, sale: &SaleDefinition) -> Result<StockLevel> {
+        self.start_sweep(&sale.sale_id).await;
+        let snap = self.snapshot_or_rebuild(sale).await?;
+        Ok(StockLevel {
+            remaining: snap.remaining,
+            sold_out: snap.remaining <= 0 && snap.held <= 0,
+        })
     }
 
     /// Guarantee 5's terms, as both stores see them now.

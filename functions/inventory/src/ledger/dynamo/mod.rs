@@ -139,6 +139,13 @@ fn sale_from_item(sale_id: &SaleId, item: &Item) -> Option<SaleDefinition> {
         created_at: time(get_s(item, "created_at")?)?,
         // Sales written before buckets existed are one bucket.
         stock_buckets: get_n(item, "stock_buckets").unwrap_or(1),
+        waiting_room: get_n(item, "wr_admit_per_second").map(|rate| {
+            crate::waiting_room::RoomConfig {
+                admit_per_second: rate,
+                admission_ttl_seconds: get_n(item, "wr_admission_ttl_seconds")
+                    .unwrap_or(crate::waiting_room::DEFAULT_ADMISSION_TTL_SECS),
+            }
+        }),
     })
 }
 
@@ -283,6 +290,11 @@ impl Ledger for DynamoLedger {
             .condition_expression("attribute_not_exists(pk)");
         if let Some(end) = sale.ends_at {
             put = put.item("ends_at", s(rfc3339(end)));
+        }
+        if let Some(room) = &sale.waiting_room {
+            put = put
+                .item("wr_admit_per_second", n(room.admit_per_second))
+                .item("wr_admission_ttl_seconds", n(room.admission_ttl_seconds));
         }
         match put.send().await {
             Ok(_) => Ok(true),
