@@ -820,7 +820,8 @@ class HealWatch(threading.Thread):
     held). A healthy gate never reads inconsistent there (the breakdown reads
     the gate before the ledger, and an order is confirmed only while its hold
     is held), so a sample that does is a gate still missing orders the ledger
-    has. The breakdown is what a reconcile or the audit reads; like any request
+    has: lost with a failover, or confirmed while a rebuild read the ledger
+    (adopted when they settle). The breakdown is what a reconcile or the audit reads; like any request
     for the sale it rebuilds a gate that is missing."""
 
     def __init__(self, stack: cl.Stack, cluster: ChaosCluster, sale_id: str, ev: dict, limit: float = 180):
