@@ -47,6 +47,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import threading
 import time
 from collections import Counter
 from dataclasses import dataclass, field
@@ -63,6 +64,16 @@ import chaoslib as cl  # noqa: E402
 SCENARIOS = ["redis-kill", "dynamodb-freeze", "dynamodb-restart", "dynamodb-lost-answers", "function-kill",
              "sigterm", "slow-backend"]
 EXTRAS = ["baseline", "redis-kill-keep-aof", "dynamodb-kill", "sweep-overlap"]
+# These need the chaos stack on a Redis Cluster of its own (chaos.sh brings it
+# up again with `--redis cluster` for them); `--scenario cluster` runs both.
+CLUSTER_SCENARIOS = ["redis-cluster-failover", "redis-cluster-restart-empty"]
+# The shared test bed's Redis (plain, TLS, cluster and its bus ports, port +
+# 10000): never touched.
+SHARED_REDIS_PORTS = {6379, 6390, *range(7001, 7007), *range(17001, 17007)}
+# The stated bound: the gate agrees with the ledger (balanced and consistent,
+# read through the admin breakdown) within this many seconds of the sale's
+# hash slot answering again (a promoted replica, or the restarted cluster).
+HEAL_BOUND = 5.0
 DYNAMODB_FAULTS = ("dynamodb-kill", "dynamodb-freeze", "dynamodb-restart", "dynamodb-lost-answers")
 CONTRACT_409 = {"sold_out", "limit_reached", "sale_not_live", "idempotency_key_reused"}
 
@@ -140,6 +151,7 @@ class Report:
     figures: dict = field(default_factory=dict)
     violations: list[str] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
+    marks: dict = field(default_factory=dict)  # monotonic moments (e.g. "settled")
 
     def fail(self, msg: str) -> None:
         self.violations.append(msg)
@@ -398,6 +410,7 @@ def audit(stack: cl.Stack, minter: cl.Minter, report: Report, sale_id: str, stoc
         if took2 is None:
             report.fail("still not settled after reconcile")
     else:
+        report.marks["settled"] = since + elapsed + took
         report.figures["settled after"] = f"{elapsed + took:.1f}s"
         if elapsed + took > bound:
             report.fail(f"stock came back only {elapsed + took:.1f}s after the stampede/recovery "
@@ -674,7 +687,277 @@ def fault_function(stack: cl.Stack, sig: int, plan: Plan, ev: dict):
     return fault
 
 
+# ------------------------------------------------------------------ Redis Cluster
+
+
+class ChaosCluster:
+    """The chaos stack's own Redis Cluster (REDIS_CLUSTER_PORTS, state under
+    STACK_DIR), driven through infra/local/redis.sh. Refuses to run unless the
+    ports are set explicitly and are not the shared test bed's (redis.sh
+    would default to 7001-7006), and unless the chaos stack's functions really
+    run in cluster mode on exactly these nodes."""
+
+    def __init__(self, stack: cl.Stack):
+        self.stack = stack
+        raw = os.environ.get("REDIS_CLUSTER_PORTS", "").split()
+        if not raw:
+            raise RuntimeError("REDIS_CLUSTER_PORTS is not set: the cluster scenarios need the chaos stack's own "
+                               "cluster (infra/chaos/chaos.sh sets it; redis.sh would default to the shared 7001-7006)")
+        self.ports = [int(p) for p in raw]
+        taken = (set(self.ports) | {p + 10000 for p in self.ports}) & SHARED_REDIS_PORTS
+        if taken:
+            raise RuntimeError(f"refusing the shared Redis ports {sorted(taken)} (a node's bus is its port + 10000)")
+        env = stack.process_env("order")
+        if env.get("REDIS_MODE") != "cluster":
+            raise RuntimeError("the chaos stack is not on a Redis Cluster (REDIS_MODE="
+                               f"{env.get('REDIS_MODE')!r}): bring it up with infra/chaos/chaos.sh up --redis cluster")
+        seeds = {int(u.rsplit(":", 1)[1]) for u in env.get("REDIS_URL", "").split(",") if ":" in u}
+        if not seeds or not seeds <= set(self.ports):
+            raise RuntimeError(f"the order function's REDIS_URL {env.get('REDIS_URL')!r} is not on "
+                               f"REDIS_CLUSTER_PORTS {self.ports}")
+
+    def redis_sh(self, *args: str, timeout: float = 120) -> str:
+        env = self.stack.stack_env()
+        env["REDIS_CLUSTER_PORTS"] = " ".join(map(str, self.ports))
+        with open(self.stack.logs / "chaos-redis-sh.log", "ab") as logf:
+            out = subprocess.run([str(cl.ROOT / "infra/local/redis.sh"), *args], env=env, stdout=subprocess.PIPE,
+                                 stderr=logf, stdin=subprocess.DEVNULL, timeout=timeout, check=True,
+                                 start_new_session=True)
+        return out.stdout.decode(errors="replace")
+
+    def cli(self, port: int, *args: str, timeout: float = 1.0) -> str | None:
+        assert port in self.ports
+        try:
+            out = subprocess.run(["redis-cli", "-h", cl.HOST, "-p", str(port), *args], capture_output=True,
+                                 timeout=timeout, stdin=subprocess.DEVNULL)
+        except subprocess.TimeoutExpired:
+            return None
+        return out.stdout.decode(errors="replace").strip() if out.returncode == 0 else None
+
+    def owner(self, key: str) -> int | None:
+        """The primary that serves KEY's slot now: the node that answers a
+        read of it itself (every other node, replicas included, redirects)."""
+        for port in self.ports:
+            if self.cli(port, "EXISTS", key, timeout=0.5) in ("0", "1"):
+                return port
+        return None
+
+    def role(self, port: int) -> str | None:
+        info = self.cli(port, "INFO", "replication") or ""
+        for line in info.splitlines():
+            if line.startswith("role:"):
+                return line.split(":", 1)[1].strip()
+        return None
+
+    def healthy(self) -> bool:
+        return all("cluster_state:ok" in (self.cli(p, "CLUSTER", "INFO") or "") for p in self.ports)
+
+
+def gate_key(sale_id: str) -> str:
+    return f"fs:{{{sale_id}}}:sale"
+
+
+def fault_cluster_failover(cluster: ChaosCluster, sale_id: str, plan: Plan, ev: dict):
+    """SIGKILL the primary that owns the sale's gate keys (redis.sh cluster
+    kill-primary); its replica is promoted (cluster-node-timeout 2 s); once
+    it serves the slot, `down_for` later, the killed node is started again on
+    its own data and must rejoin as a replica. Replication is asynchronous:
+    the promoted replica may lack the last gate writes the old primary
+    acknowledged."""
+    key = gate_key(sale_id)
+
+    async def fault(st: Stampede) -> None:
+        await asyncio.sleep(max(0.0, st.t0 + plan.fault_at - time.monotonic()))
+
+        def act():
+            ev["old_primary"] = cluster.owner(key)
+            ev["fault"] = time.monotonic()
+            killed = int(cluster.redis_sh("cluster", "kill-primary", key).split()[-1])
+            ev["down"] = time.monotonic()
+            ev["killed"] = killed
+            if not cl.wait_until(lambda: cluster.owner(key) not in (None, killed), 30, 0.05):
+                raise RuntimeError(f"no replica took over the slot of {key} within 30 s of killing :{killed}")
+            ev["promoted"] = time.monotonic()
+            ev["new_primary"] = cluster.owner(key)
+            time.sleep(plan.down_for)
+            ev["restart"] = time.monotonic()
+            cluster.redis_sh("cluster", "revive", timeout=90)
+            ev["backend_up"] = time.monotonic()
+            # The revived node learns from the others that it was failed over.
+            cl.wait_until(lambda: cluster.role(killed) == "slave", 30, 0.1)
+            ev["killed_role"] = cluster.role(killed) or "down"
+            ev["ready"] = time.monotonic()
+
+        await asyncio.to_thread(act)
+
+    return fault
+
+
+def fault_cluster_restart_empty(cluster: ChaosCluster, plan: Plan, ev: dict):
+    """The whole cluster stopped, every node's data dropped, the topology
+    (nodes.conf) kept, and started again (redis.sh cluster restart-empty):
+    every gate in it is gone at once."""
+    async def fault(st: Stampede) -> None:
+        await asyncio.sleep(max(0.0, st.t0 + plan.fault_at - time.monotonic()))
+
+        def act():
+            ev["fault"] = time.monotonic()
+            cluster.redis_sh("cluster", "restart-empty", timeout=120)
+            ev["restart"] = ev["backend_up"] = time.monotonic()
+            cl.wait_until(lambda: health(cluster.stack.order_port), 60, 0.1)
+            ev["ready"] = time.monotonic()
+
+        await asyncio.to_thread(act)
+
+    return fault
+
+
+class HealWatch(threading.Thread):
+    """From the fault on: when the sale's hash slot answers again
+    (`reachable`: after it was seen not answering), then, every 0.2 s until
+    stopped, whether the gate agrees with the ledger (the admin breakdown is
+    balanced and consistent: confirmed <= ledger_confirmed <= confirmed +
+    held). A healthy gate never reads inconsistent there (the breakdown reads
+    the gate before the ledger, and an order is confirmed only while its hold
+    is held), so a sample that does is a gate still missing orders the ledger
+    has: lost with a failover, or confirmed while a rebuild read the ledger
+    (adopted when they settle). The breakdown is what a reconcile or the audit reads; like any request
+    for the sale it rebuilds a gate that is missing."""
+
+    def __init__(self, stack: cl.Stack, cluster: ChaosCluster, sale_id: str, ev: dict, limit: float = 180):
+        super().__init__(daemon=True)
+        self.stack, self.cluster, self.sale_id, self.ev, self.limit = stack, cluster, sale_id, ev, limit
+        self.halt = threading.Event()
+        self.samples: list[tuple[float, bool, dict | None]] = []  # (when, agrees, breakdown)
+
+    def run(self) -> None:
+        key = gate_key(self.sale_id)
+        start = time.monotonic()
+        while "fault" not in self.ev and not self.halt.wait(0.02):
+            pass
+        seen_down = False
+        while not self.halt.is_set() and time.monotonic() - start < self.limit:
+            if "reachable" not in self.ev:
+                answered = self.cluster.owner(key) is not None
+                if not answered:
+                    seen_down = True
+                    self.ev.setdefault("unreachable", time.monotonic())
+                elif seen_down:
+                    self.ev["reachable"] = time.monotonic()
+                self.halt.wait(0.05)
+                continue
+            try:
+                bd = breakdown(self.stack, self.sale_id)
+            except OSError:
+                bd = None
+            self.samples.append((time.monotonic(), bool(bd and bd["balanced"] and bd["consistent"]), bd))
+            self.halt.wait(0.2)
+
+    def healed_at(self) -> float | None:
+        """The start of the last run of agreeing samples, if the last one agrees."""
+        at = None
+        for t, ok, _ in self.samples:
+            if ok and at is None:
+                at = t
+            elif not ok:
+                at = None
+        return at
+
+    def disagreements(self) -> list[tuple[float, dict | None]]:
+        return [(t, bd) for t, ok, bd in self.samples if not ok]
+
+
+def gate_repairs(watch: "LogWatch", sale_id: str) -> dict[str, int]:
+    """What the functions logged about repairing this sale's gate."""
+    out = Counter()
+    for f, offset in watch.files.items():
+        try:
+            with open(f, "rb") as fh:
+                fh.seek(offset)
+                lines = fh.read().decode(errors="replace").splitlines()
+        except OSError:
+            continue
+        for line in lines:
+            if sale_id not in line:
+                continue
+            try:
+                rec = json.loads(line)
+            except ValueError:
+                continue
+            if rec.get("sale_id") != sale_id:
+                continue
+            msg = rec.get("message", "")
+            if msg == "gate rebuilt from the ledger":
+                out["gate rebuilds"] += 1
+                out["orders loaded by rebuilds"] += int(rec.get("orders", 0))
+            elif msg == "reconcile counted orders the gate had missed":
+                out["orders adopted by reconcile"] += int(rec.get("adopted", 0))
+    return dict(out)
+
+
 # ------------------------------------------------------------------ scenarios
+
+
+def cluster_figures(report: Report, cluster: ChaosCluster, ev: dict, results: list[cl.Result], t0: float) -> None:
+    """What the cluster did, and that the engine sold again on it."""
+    fault_t = ev.get("fault")
+    if fault_t is None:
+        return
+    if "killed" in ev:
+        report.figures["killed primary"] = f":{ev['killed']} (owner before: :{ev.get('old_primary')})"
+        if "promoted" in ev:
+            report.figures["replica promoted after"] = f"{ev['promoted'] - ev['down']:.2f}s (:{ev.get('new_primary')})"
+        report.figures["killed node after revive"] = ev.get("killed_role", "?")
+        if ev.get("killed_role") != "slave":
+            report.fail(f"the killed primary :{ev['killed']} did not rejoin as a replica "
+                        f"(role {ev.get('killed_role', '?')}) after revive")
+    reach = ev.get("reachable")
+    if reach is None:
+        report.fail("the sale's hash slot was never seen unreachable and then answering again")
+        return
+    report.figures["slot unreachable → answering"] = (
+        f"+{ev.get('unreachable', fault_t) - t0:.2f}s → +{reach - t0:.2f}s ({reach - fault_t:.2f}s after the fault)")
+    before = sum(r.status in (200, 201) and r.finished <= fault_t for r in results)
+    after = [r for r in results if r.status in (200, 201) and r.sent >= reach]
+    report.figures["201 before the fault / sent after reachable"] = f"{before} / {len(after)}"
+    if after:
+        report.figures["first 201 after reachable"] = f"{min(r.finished for r in after) - reach:.2f}s"
+    # Every buyer sends an Idempotency-Key, so a 409 is the gate's (or the
+    # ledger's) verdict too, never an instance's cached one: once the slot
+    # answers, the engine must give verdicts again (201 while units remain,
+    # 409 once sold out), not only 503s.
+    verdicts = [r for r in results if r.status in (200, 201, 409) and r.sent >= reach]
+    retried = [r for r in results if r.sent >= reach]
+    report.figures["verdicts (201/409) sent after reachable"] = f"{len(verdicts)} of {len(retried)}"
+    if retried and not verdicts:
+        report.fail(f"the engine did not resume: all {len(retried)} requests sent after the cluster was "
+                    f"reachable again were answered {dict(Counter(r.status or r.error for r in retried))}")
+
+
+def heal_figures(report: Report, heal: HealWatch, ev: dict) -> None:
+    """The heal time against HEAL_BOUND, from the moment the slot answered."""
+    reach = ev.get("reachable")
+    if reach is None:
+        return
+    at = heal.healed_at()
+    how = "breakdown"
+    if at is None:
+        at, how = report.marks.get("settled"), "audit"
+    bad = heal.disagreements()
+    report.figures["gate/ledger disagreements seen"] = (
+        f"{len(bad)} of {len(heal.samples)} samples" + (
+            f" (first: +{bad[0][0] - reach:.2f}s after reachable: "
+            + (f"confirmed {bad[0][1]['confirmed']} held {bad[0][1]['held']} ledger {bad[0][1]['ledger_confirmed']}"
+               if bad[0][1] else "no breakdown") + ")" if bad else ""))
+    if at is None:
+        report.figures["gate healed after"] = "NEVER"
+        report.fail("the gate never agreed with the ledger again")
+        return
+    took = max(0.0, at - reach)
+    report.figures["gate healed after"] = f"{took:.2f}s after reachable ({how}; bound {HEAL_BOUND:.0f}s)"
+    if took > HEAL_BOUND:
+        report.fail(f"the gate agreed with the ledger only {took:.1f}s after the cluster was reachable again "
+                    f"(bound {HEAL_BOUND:.0f}s)")
 
 
 def run_fault_scenario(name: str, stack: cl.Stack, minter: cl.Minter, plan: Plan) -> Report:
@@ -697,11 +980,24 @@ def run_fault_scenario(name: str, stack: cl.Stack, minter: cl.Minter, plan: Plan
 def stampede_with_fault(name: str, stack: cl.Stack, minter: cl.Minter, plan: Plan, port: int,
                         control: int | None) -> Report:
     report = Report(name)
+    cluster = ChaosCluster(stack) if name in CLUSTER_SCENARIOS else None
+    if cluster and not cluster.healthy():
+        raise RuntimeError("the chaos cluster is not healthy before the scenario (redis.sh cluster status)")
     watch = LogWatch(stack)
     sale_id = cl.unique(name)
+    if name == "redis-cluster-restart-empty":
+        # redis.sh stops the nodes one after another, in REDIS_CLUSTER_PORTS
+        # order; the sale goes on the first primary in that order, so that its
+        # gate goes down at once, while units are still on sale.
+        first = next((p for p in cluster.ports if cluster.role(p) == "master"), None)
+        for _ in range(50):
+            if cluster.owner(gate_key(sale_id)) == first:
+                break
+            sale_id = cl.unique(name)
     cl.create_sale(stack, sale_id, plan.stock, 1)
     hold_ttl_of(stack, sale_id)
     ev: dict[str, float] = {}
+    heal = HealWatch(stack, cluster, sale_id, ev) if cluster else None
     down_for = plan.down_for
     if name == "redis-kill":
         fault = fault_backend(stack, "redis", plan, ev, wipe=True)
@@ -720,6 +1016,10 @@ def stampede_with_fault(name: str, stack: cl.Stack, minter: cl.Minter, plan: Pla
         fault = fault_function(stack, signal.SIGKILL, plan, ev)
     elif name == "sigterm":
         fault = fault_function(stack, signal.SIGTERM, plan, ev)
+    elif name == "redis-cluster-failover":
+        fault = fault_cluster_failover(cluster, sale_id, plan, ev)
+    elif name == "redis-cluster-restart-empty":
+        fault = fault_cluster_restart_empty(cluster, plan, ev)
     else:  # baseline: the same stampede with no fault, for comparison
         async def fault(_st):
             return None
@@ -730,6 +1030,14 @@ def stampede_with_fault(name: str, stack: cl.Stack, minter: cl.Minter, plan: Pla
 
     async def go():
         async def fault_and_extend(s: Stampede):
+            if name in CLUSTER_SCENARIOS:
+                # Buyers keep retrying for as long as the cluster is away
+                # (bounded), as clients of a sale do, so that the engine
+                # meets the cluster's return under load; then `tail` more.
+                s.deadline = s.t0 + 90
+                await fault(s)
+                s.deadline = max(s.t0 + deadline_after, ev.get("ready", 0) + plan.tail)
+                return
             s.deadline = s.t0 + deadline_after
             await fault(s)
             # A slow restart (DynamoDB Local is a JVM) must not starve the retries.
@@ -737,11 +1045,18 @@ def stampede_with_fault(name: str, stack: cl.Stack, minter: cl.Minter, plan: Pla
         return await st.run(fault_and_extend)
 
     log(f"{name}: sale {sale_id}, {plan.stock} units, {plan.buyers} buyers over {plan.spread}s, fault at +{plan.fault_at}s")
-    results = asyncio.run(go())
+    if heal:
+        heal.start()
+    try:
+        results = asyncio.run(go())
+    finally:
+        if heal:
+            heal.halt.set()
+            heal.join(10)
     end = time.monotonic()
 
     def allowed(r: cl.Result) -> bool:
-        if name in ("redis-kill", "redis-kill-keep-aof", "baseline", *DYNAMODB_FAULTS):
+        if name in ("redis-kill", "redis-kill-keep-aof", "baseline", *DYNAMODB_FAULTS, *CLUSTER_SCENARIOS):
             return False  # the function stays up: it must answer every request
         fault_t, ready = ev.get("fault", 0), ev.get("ready", end)
         if name == "function-kill":
@@ -781,7 +1096,14 @@ def stampede_with_fault(name: str, stack: cl.Stack, minter: cl.Minter, plan: Pla
     report.figures["stampede length"] = f"{end - st.t0:.1f}s"
     log(f"{name}: stampede done in {end - st.t0:.1f}s: " + ", ".join(
         f"{k} {report.figures.get(k)}" for k in ("requests", "201", "409", "503", "max latency", "down (fault → ready)")))
+    if cluster:
+        cluster_figures(report, cluster, ev, results, st.t0)
     audit(stack, minter, report, sale_id, plan.stock, 1, st.acked, max(end, ev.get("ready", 0)), plan)
+    if cluster:
+        heal_figures(report, heal, ev)
+        report.figures.update(gate_repairs(watch, sale_id))
+        if not cluster.healthy():
+            report.fail("the chaos cluster is not healthy after the scenario")
     n, resolved, unresolved = watch.sweeps(sale_id)
     report.figures["sweep reports (resolved / unresolved)"] = f"{n} ({resolved} / {unresolved})"
     for line in watch.since():
@@ -989,9 +1311,11 @@ def print_report(rep: Report, partial: bool = False) -> None:
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--scenario", default="all", choices=["all", *SCENARIOS, *EXTRAS],
-                    help=f"all = the {len(SCENARIOS)} fault scenarios; extras: baseline = the same stampede "
-                         "with no fault; redis-kill-keep-aof = Redis SIGKILLed and restarted on its "
+    ap.add_argument("--scenario", default="all",
+                    help=f"all = the {len(SCENARIOS)} fault scenarios ({', '.join(SCENARIOS)}); cluster = "
+                         f"{' + '.join(CLUSTER_SCENARIOS)} (the chaos stack on its own Redis Cluster: "
+                         "chaos.sh up --redis cluster); or names, comma-separated. Extras: baseline = the same "
+                         "stampede with no fault; redis-kill-keep-aof = Redis SIGKILLed and restarted on its "
                          "append-only file; dynamodb-kill = DynamoDB Local SIGKILLed (tests DynamoDB Local's "
                          "durability, not the engine: it loses acknowledged transactions); sweep-overlap = "
                          "do lapsed-hold sweeps pile up while the ledger is slow")
@@ -1018,7 +1342,17 @@ def main() -> int:
                   f"start it with infra/chaos/chaos.sh up (or run `just chaos`)", file=sys.stderr)
             return 2
     minter = cl.Minter(stack.secrets()["TOKEN_SIGNING_KEY"])
-    scenarios = SCENARIOS if args.scenario == "all" else [args.scenario]
+    scenarios: list[str] = []
+    for name in args.scenario.split(","):
+        name = name.strip()
+        if name == "all":
+            scenarios += SCENARIOS
+        elif name == "cluster":
+            scenarios += CLUSTER_SCENARIOS
+        elif name in (*SCENARIOS, *EXTRAS, *CLUSTER_SCENARIOS):
+            scenarios.append(name)
+        else:
+            ap.error(f"unknown scenario {name!r} (all, cluster, {', '.join([*SCENARIOS, *EXTRAS, *CLUSTER_SCENARIOS])})")
     reports: list[Report] = []
     started = time.monotonic()
     try:
@@ -1038,6 +1372,8 @@ def main() -> int:
                 rep.fail(f"scenario aborted: {type(e).__name__}: {e}")
                 # Bring back whatever the scenario left down, for the next one.
                 try:
+                    if name in CLUSTER_SCENARIOS:
+                        ChaosCluster(stack).redis_sh("cluster", "start", timeout=120)
                     start_backends(stack)
                     if not health(stack.order_port) and stack.pid("order") is None:
                         rep.notes.append("order function was down; restart it with infra/chaos/chaos.sh up")
@@ -1063,9 +1399,9 @@ def main() -> int:
         rows.append([rep.name, f.get("requests", "-"), f.get("201", "-"), f.get("409", "-"), f.get("503", "-"),
                      f.get("max latency", "-"), f.get("down (fault → ready)", "-"), f.get("first 201 after ready", "-"),
                      f.get("settled after", "-"), f.get("lost acked", "-"), f.get("final sold / stock", "-"),
-                     rep.verdict])
+                     str(f.get("gate healed after", "-")).split(" after")[0], rep.verdict])
     print(cl.table(["scenario", "requests", "201", "409", "503", "max lat", "down", "1st 201 after",
-                    "settled after", "lost", "sold/stock", "verdict"], rows,
+                    "settled after", "lost", "sold/stock", "gate healed", "verdict"], rows,
                    title=f"== chaos summary ({'quick' if args.quick else 'full'}, {time.monotonic() - started:.0f}s) =="))
     if args.json:
         Path(args.json).write_text(json.dumps([{"name": r.name, "figures": r.figures, "violations": r.violations,

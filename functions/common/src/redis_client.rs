@@ -22,12 +22,13 @@
 
 use std::fmt;
 use std::str::FromStr;
-use std::time::Duration;
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::{Duration, Instant};
 
 use redis::aio::{ConnectionLike, ConnectionManager, ConnectionManagerConfig};
-use redis::cluster::ClusterClientBuilder;
+use redis::cluster::{ClusterClient, ClusterClientBuilder, ClusterConfig};
 use redis::cluster_async::ClusterConnection;
-use redis::{Cmd, Pipeline, RedisFuture, TlsCertificates, Value};
+use redis::{Cmd, ErrorKind, Pipeline, RedisError, RedisFuture, TlsCertificates, Value};
 
 use crate::config::ConfigError;
 
@@ -210,7 +211,101 @@ impl RedisTimeouts {
 #[derive(Clone)]
 pub enum RedisConn {
     Single(ConnectionManager),
-    Cluster(ClusterConnection),
+    Cluster(Arc<ClusterHandle>),
+}
+
+/// The cluster connection, replaced by a fresh one when it has stopped
+/// delivering.
+///
+/// Why: the `redis` crate's async cluster connection (1.8) can stay broken
+/// after every node of the cluster went away at once while requests were in
+/// flight (the whole cluster restarted): each later request times out, for
+/// minutes, although the cluster is healthy again, while a new connection to
+/// the same seeds works at once (chaos scenario `redis-cluster-restart-empty`).
+/// So when no request has succeeded for [`ClusterHandle::reset_after`] and
+/// one fails on the client's side (a timeout, an I/O error, no connection to
+/// a node), the next requests go to a new connection, made from the same
+/// client (seeds, TLS, timeouts), at most once per `reset_after`. An answer
+/// from a server, an error reply included (`CLUSTERDOWN`, `NOSCRIPT`...),
+/// counts as a working connection.
+pub struct ClusterHandle {
+    client: ClusterClient,
+    config: ClusterConfig,
+    current: RwLock<ClusterConnection>,
+    health: Mutex<ClusterHealth>,
+    reset_after: Duration,
+}
+
+struct ClusterHealth {
+    last_ok: Instant,
+    last_reset: Instant,
+}
+
+impl ClusterHandle {
+    fn new(client: ClusterClient, config: ClusterConfig, reset_after: Duration) -> Self {
+        let conn = client.get_pending_async_connection_with_config(config.clone());
+        let now = Instant::now();
+        Self {
+            client,
+            config,
+            current: RwLock::new(conn),
+            health: Mutex::new(ClusterHealth {
+                last_ok: now,
+                last_reset: now,
+            }),
+            reset_after,
+        }
+    }
+
+    fn connection(&self) -> ClusterConnection {
+        self.current
+            .read()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .clone()
+    }
+
+    /// Notes how a request went; replaces the connection if it is stuck.
+    fn observe(&self, error: Option<&RedisError>) {
+        let now = Instant::now();
+        let mut health = self
+            .health
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        match error {
+            Some(e) if client_side_failure(e) => {
+                if now.duration_since(health.last_ok) >= self.reset_after
+                    && now.duration_since(health.last_reset) >= self.reset_after
+                {
+                    health.last_reset = now;
+                    drop(health);
+                    let fresh = self
+                        .client
+                        .get_pending_async_connection_with_config(self.config.clone());
+                    *self
+                        .current
+                        .write()
+                        .unwrap_or_else(|poisoned| poisoned.into_inner()) = fresh;
+                    crate::metrics::counter("redis_cluster_reconnects_total").inc();
+                    tracing::warn!(
+                        error = %e,
+                        "no Redis Cluster request succeeded for {:?}: reconnecting from the seed nodes",
+                        self.reset_after
+                    );
+                }
+            }
+            _ => health.last_ok = now,
+        }
+    }
+}
+
+/// The connection failed to deliver a request, as opposed to a server
+/// answering with an error.
+fn client_side_failure(e: &RedisError) -> bool {
+    e.is_timeout()
+        || e.is_io_error()
+        || e.is_connection_dropped()
+        || e.is_connection_refusal()
+        || e.kind() == ErrorKind::ClusterConnectionNotFound
 }
 
 impl RedisConn {
@@ -246,12 +341,16 @@ impl RedisConn {
                     builder = builder.certs(certs);
                 }
                 let client = builder.build()?;
-                let config = redis::cluster::ClusterConfig::new()
+                let config = ClusterConfig::new()
                     .set_connection_timeout(timeouts.connect)
                     .set_response_timeout(timeouts.response);
-                Ok(Self::Cluster(
-                    client.get_pending_async_connection_with_config(config),
-                ))
+                // Two response timeouts without one success: stuck, not slow.
+                let reset_after = (2 * timeouts.response).max(Duration::from_secs(1));
+                Ok(Self::Cluster(Arc::new(ClusterHandle::new(
+                    client,
+                    config,
+                    reset_after,
+                ))))
             }
         }
     }
@@ -294,7 +393,12 @@ impl ConnectionLike for RedisConn {
     fn req_packed_command<'a>(&'a mut self, cmd: &'a Cmd) -> RedisFuture<'a, Value> {
         match self {
             Self::Single(c) => c.req_packed_command(cmd),
-            Self::Cluster(c) => c.req_packed_command(cmd),
+            Self::Cluster(handle) => Box::pin(async move {
+                let mut conn = handle.connection();
+                let result = conn.req_packed_command(cmd).await;
+                handle.observe(result.as_ref().err());
+                result
+            }),
         }
     }
 
@@ -306,14 +410,19 @@ impl ConnectionLike for RedisConn {
     ) -> RedisFuture<'a, Vec<Value>> {
         match self {
             Self::Single(c) => c.req_packed_commands(pipeline, offset, count),
-            Self::Cluster(c) => c.req_packed_commands(pipeline, offset, count),
+            Self::Cluster(handle) => Box::pin(async move {
+                let mut conn = handle.connection();
+                let result = conn.req_packed_commands(pipeline, offset, count).await;
+                handle.observe(result.as_ref().err());
+                result
+            }),
         }
     }
 
     fn get_db(&self) -> i64 {
         match self {
             Self::Single(c) => c.get_db(),
-            Self::Cluster(c) => c.get_db(),
+            Self::Cluster(handle) => handle.connection().get_db(),
         }
     }
 }
