@@ -14,9 +14,12 @@
 // sell-out time (10 s) and the same crowd per admission (40 s of line).
 //
 // Checks (thresholds, all outcome thresholds: the engine's doing):
-//   * the order function never confirms more checkouts in any one-second
-//     window than the admission rate plus the bucket's one second
-//     (2 x ADMIT_RATE): read from the sale's orders (created_at) in teardown;
+//   * the room never admits more buyers in any one-second window than the
+//     admission rate plus the bucket's one second (2 x ADMIT_RATE), by the
+//     room's clock (every ticket's expires_at - ADMISSION_TTL, read in
+//     teardown by joining again), and the order function never confirms more
+//     checkouts than that in any one-second window (the sale's orders'
+//     created_at): the second also carries how the admitted learn of it;
 //   * nobody checks out without admission: INTRUDERS deliberate attempts
 //     (no Admission-Token, a forged one, an access token in its place) all
 //     get 403 admission_required; an admitted buyer is never refused;
@@ -27,8 +30,9 @@
 //     get 200 and the same ticket;
 //   * the queue closes at sold-out: every buyer ends bought, told sold_out,
 //     or (the ABANDON share, who never check out) expired; and the last
-//     waiting buyer learns sold_out within POLL_BOUND_S (the longest
-//     Retry-After, 5 s, plus a second) of the last unit's order;
+//     waiting buyer learns sold_out within POLL_BOUND_S (7: the longest
+//     Retry-After, 5 s, with this suite's 20 % jitter, plus a second) of the
+//     last unit's order;
 //   * the audit (load/audit.py --expect-sold-out): never oversold, per-user
 //     limit, guarantee 5, exactly STOCK sold.
 // Reported (summary, stdout): admission rate measured vs configured, the
@@ -69,7 +73,8 @@ const ABANDON = Number(envStr("ABANDON", "0.02"));
 const INTRUDERS = envInt("INTRUDERS", 30);
 const SECOND_BUY_EVERY = envInt("SECOND_BUY_EVERY", 10);
 const REJOIN_EVERY = envInt("REJOIN_EVERY", 20);
-const POLL_BOUND_S = envInt("POLL_BOUND_S", 6);
+// The longest Retry-After (5 s) with this suite's jitter (+20 %), plus a second for the answer.
+const POLL_BOUND_S = envInt("POLL_BOUND_S", 7);
 const MAX_WAIT_S = envInt("MAX_WAIT_S", 300);
 const ABANDON_EVERY = ABANDON > 0 ? Math.max(2, Math.round(1 / ABANDON)) : 0;
 
@@ -102,6 +107,9 @@ const wr = {
   learnedAt: new Trend("wr_sold_out_learned_at_ms"), // epoch ms at which a buyer learned sold_out
   // Written by teardown from the sale's orders.
   maxPerWindow: new Gauge("wr_orders_max_per_1s"),
+  admissionsMaxPerWindow: new Gauge("wr_admissions_max_per_1s"),
+  admissionsRate: new Gauge("wr_admissions_per_s_measured"),
+  admissionsTotal: new Gauge("wr_admissions_total"),
   measuredRate: new Gauge("wr_orders_per_s_measured"),
   soldOutAt: new Gauge("wr_sold_out_at_ms"),
   orders: new Gauge("wr_orders_total"),
@@ -131,6 +139,7 @@ export const options = {
   },
   thresholds: {
     wr_orders_max_per_1s: [`value<=${2 * ADMIT_RATE}`],
+    wr_admissions_max_per_1s: [`value<=${2 * ADMIT_RATE}`],
     wr_checkout_without_admission: ["count==0"],
     wr_intruder_refused: [`count==${3 * INTRUDERS}`],
     wr_admitted_refused: ["count==0"],
@@ -324,7 +333,44 @@ export function intruder(data) {
   }
 }
 
+/** The most of `times` (sorted, ms) in any window [t, t + 1 s). */
+function maxInOneSecond(times) {
+  let best = 0;
+  for (let a = 0, b = 0; a < times.length; a++) {
+    while (b < times.length && times[b] < times[a] + 1000) b++;
+    best = Math.max(best, b - a);
+  }
+  return best;
+}
+
+/** Rate from the first to the 95th-percentile of `times` (sorted, ms): the tail waits on abandoned admissions. */
+function bodyRate(times) {
+  const p95 = Math.floor((times.length - 1) * 0.95);
+  return p95 > 0 ? (p95 * 1000) / Math.max(1, times[p95] - times[0]) : undefined;
+}
+
 export function teardown(data) {
+  // When every admission was granted, by the room's clock: each buyer joins
+  // again (200, the same ticket), and an admitted or expired ticket's
+  // expires_at is its admission + ADMISSION_TTL.
+  const admittedAt = [];
+  for (let from = 0; from < BUYERS; from += 100) {
+    const batch = [];
+    for (let i = from; i < Math.min(BUYERS, from + 100); i++) {
+      batch.push(["POST", `${STOCK_URL}/stock/sales/${data.saleId}/queue`, null, { headers: auth(tokens[i]), tags: { name: "wr_teardown_rejoin" } }]);
+    }
+    for (const res of http.batch(batch)) {
+      if (res.status !== 200) continue;
+      const b = res.json();
+      if ((b.status === "admitted" || b.status === "expired") && b.expires_at) admittedAt.push(Date.parse(b.expires_at) - ADMISSION_TTL * 1000);
+    }
+  }
+  admittedAt.sort((a, b) => a - b);
+  wr.admissionsTotal.add(admittedAt.length);
+  if (admittedAt.length > 0) wr.admissionsMaxPerWindow.add(maxInOneSecond(admittedAt));
+  const admRate = bodyRate(admittedAt);
+  if (admRate !== undefined) wr.admissionsRate.add(admRate);
+
   // Every confirmed order of the sale, by its confirmation time.
   const res = http.get(`${STOCK_URL}/stock/sales/${data.saleId}/orders`, { headers: adminHeaders() });
   if (res.status !== 200) {
@@ -337,17 +383,10 @@ export function teardown(data) {
     .sort((a, b) => a - b);
   wr.orders.add(times.length);
   if (times.length === 0) return;
-  // The most orders confirmed in any one-second window [t, t + 1 s).
-  let best = 0;
-  for (let a = 0, b = 0; a < times.length; a++) {
-    while (b < times.length && times[b] < times[a] + 1000) b++;
-    best = Math.max(best, b - a);
-  }
-  wr.maxPerWindow.add(best);
-  // The admission rate held: orders per second from the first order to the
-  // 95th percentile one (the tail waits on abandoned admissions to lapse).
-  const p95 = Math.floor((times.length - 1) * 0.95);
-  if (p95 > 0) wr.measuredRate.add((p95 * 1000) / Math.max(1, times[p95] - times[0]));
+  // What the order function let through: orders confirmed in any one-second window.
+  wr.maxPerWindow.add(maxInOneSecond(times));
+  const rate = bodyRate(times);
+  if (rate !== undefined) wr.measuredRate.add(rate);
   if (times.length >= STOCK) wr.soldOutAt.add(times[times.length - 1]);
 }
 
@@ -379,6 +418,9 @@ export function handleSummary(data) {
     orders: val(metrics, "wr_orders_total", "value"),
     orders_per_second_measured: val(metrics, "wr_orders_per_s_measured", "value"),
     orders_max_in_1s_window: val(metrics, "wr_orders_max_per_1s", "value"),
+    admissions: val(metrics, "wr_admissions_total", "value"),
+    admissions_per_second_measured: val(metrics, "wr_admissions_per_s_measured", "value"),
+    admissions_max_in_1s_window: val(metrics, "wr_admissions_max_per_1s", "value"),
     admitted: val(metrics, "wr_admitted", "count"),
     bought: val(metrics, "wr_bought", "count"),
     told_sold_out: told,
@@ -397,7 +439,9 @@ export function handleSummary(data) {
   const out = summarize("waiting_room", data, 0);
   const r = (v) => (v === undefined || v === null ? "-" : Math.round(v * 100) / 100);
   const lines = [
-    `  waiting room: ${BUYERS} buyers, ${STOCK} units, admission ${ADMIT_RATE}/s configured; orders ${r(figures.orders)}, measured ${r(figures.orders_per_second_measured)}/s (first to 95th-percentile order), at most ${r(figures.orders_max_in_1s_window)} in any 1 s (limit ${2 * ADMIT_RATE})`,
+    `  waiting room: ${BUYERS} buyers, ${STOCK} units, admission ${ADMIT_RATE}/s configured (at most ${2 * ADMIT_RATE} in any 1 s: the rate + the bucket's second)`,
+    `  admissions ${r(figures.admissions)} (by the room's clock): ${r(figures.admissions_per_second_measured)}/s (first to 95th percentile), at most ${r(figures.admissions_max_in_1s_window)} in any 1 s`,
+    `  orders ${r(figures.orders)} (confirmed, at the order function): ${r(figures.orders_per_second_measured)}/s (first to 95th percentile), at most ${r(figures.orders_max_in_1s_window)} in any 1 s`,
     `  wait estimate error (actual - estimated at join): mean ${r(figures.wait_estimate_error_s.mean)} s, |err| p50 ${r(figures.wait_estimate_error_s.p50_abs)} p95 ${r(figures.wait_estimate_error_s.p95_abs)} max ${r(figures.wait_estimate_error_s.max_abs)} s; admitted after p50 ${r(figures.admission_wait_s.p50)} s, max ${r(figures.admission_wait_s.max)} s`,
     `  sold out -> every waiting buyer told: ${r(knownLag)} s after the last order (${told} told; bound ${POLL_BOUND_S} s); abandoned admissions expired: ${figures.abandoned_expired}`,
   ];
