@@ -111,6 +111,8 @@ fi
 say "stack up: router :$ROUTER_PORT (auth :$AUTH_PORT stock :$STOCK_PORT order :$ORDER_PORT) on $REDIS_URL, $DYNAMODB_ENDPOINT"
 
 # ---- the test
+mkdir -p "$SHOTS"
+rm -f "$SHOTS"/room-*.png # only this run's screenshots
 set +e
 BASE_URL="http://127.0.0.1:$ROUTER_PORT" ADMIN_TOKEN="$ADMIN" CHROMIUM="$CHROMIUM" SCREENSHOT_DIR="$SHOTS" \
   python3 "$HERE/room_test.py"
