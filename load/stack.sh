@@ -19,7 +19,9 @@
 # default load/.run/<ROUTER_PORT>), and any function setting (HOLD_TTL_SECONDS,
 # HASH_WORKERS, LOG_LEVEL, ...), which is passed through.
 # The signing key is the one `just up` uses: .local/secrets.env (created with
-# `auth keygen` if missing), so tokens minted by load/mint-tokens.mjs verify.
+# `auth keygen` if missing), so tokens minted by load/mint-tokens.mjs verify;
+# likewise the waiting-room admission pair, .local/admission.env (stock signs,
+# order verifies).
 set -euo pipefail
 
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
@@ -67,6 +69,15 @@ secrets() {
   else
     export TOKEN_PUBLIC_KEY=${TOKEN_PUBLIC_KEY:-$("$BIN/auth" public-key | sed 's/^TOKEN_PUBLIC_KEY=//')}
   fi
+  # Waiting-room admissions: the pair `just up` uses (.local/admission.env);
+  # the private half goes to stock only, the public half to order only (up()).
+  local a="$ROOT/.local/admission.env"
+  if [ ! -s "$a" ]; then
+    "$BIN/auth" keygen >"$a.tmp" && mv "$a.tmp" "$a" && chmod 600 "$a"
+  fi
+  ADMISSION_KEY=$(sed -n 's/^TOKEN_SIGNING_KEY=//p' "$a")
+  ADMISSION_PUB=$(sed -n 's/^TOKEN_PUBLIC_KEY=//p' "$a")
+  [ -n "$ADMISSION_KEY" ] && [ -n "$ADMISSION_PUB" ] || die "$a lacks its key pair (delete it to regenerate)"
   export ADMIN_TOKEN=${ADMIN_TOKEN:-dev-admin-token}
   export STORE=aws REDIS_URL="redis://127.0.0.1:$REDIS_PORT" DYNAMODB_ENDPOINT="http://127.0.0.1:$DYNAMODB_PORT"
   export LOG_LEVEL=${LOG_LEVEL:-warn}
@@ -95,8 +106,8 @@ up() {
   "$BIN/auth" migrate >/dev/null
   "$BIN/stock" migrate >/dev/null
   start auth "$AUTH_PORT" $((METRICS_BASE + 1)) "${PIN_AUTH:-}"
-  start stock "$STOCK_PORT" $((METRICS_BASE + 2)) "${PIN_STOCK:-}"
-  start order "$ORDER_PORT" $((METRICS_BASE + 3)) "${PIN_ORDER:-}"
+  ADMISSION_SIGNING_KEY=$ADMISSION_KEY start stock "$STOCK_PORT" $((METRICS_BASE + 2)) "${PIN_STOCK:-}"
+  ADMISSION_PUBLIC_KEY=$ADMISSION_PUB start order "$ORDER_PORT" $((METRICS_BASE + 3)) "${PIN_ORDER:-}"
   if [ "$ROUTER_PORT" != 0 ]; then
     if port_open "$ROUTER_PORT"; then die "port $ROUTER_PORT is in use"; fi
     local pre=(); [ -n "${PIN_ROUTER:-}" ] && pre=(taskset -c "$PIN_ROUTER")
@@ -139,5 +150,5 @@ case "${1:-}" in
   up) up ;;
   down) down ;;
   status) status ;;
-  *) sed -n '2,22p' "$0"; exit 2 ;;
+  *) sed -n '2,24p' "$0"; exit 2 ;;
 esac

@@ -44,6 +44,10 @@ export ST_USER_TOKEN ADMIN_TOKEN
 # A live sale, so that checkouts and order reads have something real to hit.
 curl -s -o /dev/null -XPOST "$BASE/stock/sales" -H "authorization: Bearer $ADMIN_TOKEN" \
   -H 'content-type: application/json' -d '{"sale_id":"st-sale","name":"schemathesis","stock":1000000,"per_user_limit":1000}'
+# And one with a waiting room (v1.1): the queue operations' examples name it.
+curl -s -o /dev/null -XPOST "$BASE/stock/sales" -H "authorization: Bearer $ADMIN_TOKEN" \
+  -H 'content-type: application/json' \
+  -d '{"sale_id":"st-room","name":"schemathesis room","stock":1000000,"per_user_limit":1000,"waiting_room":{"admit_per_second":1000}}'
 
 REPORTS="$STACK_DIR/logs/schemathesis"
 mkdir -p "$REPORTS"
