@@ -47,7 +47,8 @@ impl Room {
         } else {
             self.credit
         };
-        let mut credit = (credit + rate * (now - last) as f64 / 1000.0).min(rate.max(1.0));
+        let mut credit = (credit + rate * (now - last) as f64 / 1000.0)
+            .min((rate * super::BURST_SECONDS).max(1.0));
         let waiting = self.line.len().saturating_sub(self.served) as i64;
         let capacity = if stock.sold_out {
             0

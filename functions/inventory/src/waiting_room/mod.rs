@@ -36,6 +36,9 @@ pub const DEFAULT_ADMIT_PER_SECOND: u32 = 250;
 /// How long an admission lasts when the sale does not say.
 pub const DEFAULT_ADMISSION_TTL_SECS: u32 = 60;
 pub const MAX_ADMIT_PER_SECOND: u32 = 100_000;
+/// The admission bucket's depth in seconds of the rate (`room.lua` has the
+/// same): in any second at most 1.2 x the rate are admitted.
+pub const BURST_SECONDS: f64 = 0.2;
 
 /// A sale's waiting room settings, as created and as its view shows them.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]

@@ -18,10 +18,12 @@
   start), so the pre-queue is shuffled; after the start, first come, first
   served (places after every pre-queue place).
 
-  Admission: a token bucket fills at `rate` per second (at most one second's
-  worth, so a lull never turns into a burst at the order function), and
-  admits the next in line while the stock can still serve them: never more
-  open admissions than units remaining. An admission that lapses unused
+  Admission: a token bucket fills at `rate` per second and holds at most a
+  fifth of a second's worth (at least one admission), so a lull, or the
+  moment the sale starts with a crowd already waiting, never turns into a
+  burst at the order function: in any second at most 1.2 x rate are let in.
+  It admits the next in line while the stock can still serve them: never
+  more open admissions than units remaining. An admission that lapses unused
   leaves the open set, and so frees its place for the next in line.
 
   Common ARGV after the operation: starts_ms ends_ms rate ttl_ms remaining
@@ -38,6 +40,8 @@ local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 
 -- Pre-queue places are in [0, 2^50); later ones from 2^51 on.
+-- The bucket's depth, in seconds of the rate.
+local BURST_S = 0.2
 local AFTER_START = 2 ^ 51
 
 local function advance()
@@ -47,7 +51,7 @@ local function advance()
   local served = tonumber(f[1] or '0')
   local credit = tonumber(f[2] or '1')
   local last = math.max(tonumber(f[3] or starts), starts)
-  credit = math.min(credit + rate * (now - last) / 1000, math.max(rate, 1))
+  credit = math.min(credit + rate * (now - last) / 1000, math.max(rate * BURST_S, 1))
   local waiting = redis.call('ZCARD', QUEUE) - served
   local capacity = remaining - redis.call('ZCARD', OPEN)
   if sold_out then capacity = 0 end
