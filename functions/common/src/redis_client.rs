@@ -389,6 +389,23 @@ async fn ping_once(conn: &mut RedisConn) -> redis::RedisResult<String> {
     }
 }
 
+/// Runs a prepared script (`EVALSHA`, re-sent with the script on
+/// `NOSCRIPT`), once more if the first attempt met a connection that died
+/// with a Redis restart: that command never reached Redis, and by now the
+/// connection has been replaced, so sending it again is safe.
+pub async fn invoke_script<T: redis::FromRedisValue>(
+    conn: &RedisConn,
+    invocation: &redis::ScriptInvocation<'_>,
+) -> redis::RedisResult<T> {
+    let mut conn = conn.clone();
+    match invocation.invoke_async(&mut conn).await {
+        Err(e) if e.is_connection_dropped() || e.is_connection_refusal() => {
+            invocation.invoke_async(&mut conn).await
+        }
+        other => other,
+    }
+}
+
 impl ConnectionLike for RedisConn {
     fn req_packed_command<'a>(&'a mut self, cmd: &'a Cmd) -> RedisFuture<'a, Value> {
         match self {

@@ -42,17 +42,9 @@ impl RedisRoom {
         for arg in common.into_iter().chain(args) {
             invocation.arg(arg);
         }
-        let mut conn = self.conn.clone();
-        match invocation.invoke_async(&mut conn).await {
-            Ok(v) => Ok(v),
-            // As in the gate: the first command after a restart meets the
-            // dead connection and never reached Redis; once more is safe.
-            Err(e) if e.is_connection_dropped() || e.is_connection_refusal() => invocation
-                .invoke_async(&mut conn)
-                .await
-                .map_err(|e| RoomError(e.to_string())),
-            Err(e) => Err(RoomError(e.to_string())),
-        }
+        common::redis_client::invoke_script(&self.conn, &invocation)
+            .await
+            .map_err(|e| RoomError(e.to_string()))
     }
 }
 
@@ -148,19 +140,14 @@ impl WaitingRoom for RedisRoom {
 
     async fn used(&self, sale: &SaleId, ticket: &str) -> Result<(), RoomError> {
         // The common arguments are not looked at by 'used'.
-        let common = ["used", "0", "0", "0", "0", "0", "0"]
-            .map(String::from)
-            .to_vec();
         let mut invocation = self.script.prepare_invoke();
         for key in Self::keys(sale) {
             invocation.key(key);
         }
-        for arg in common.into_iter().chain([ticket.to_owned()]) {
+        for arg in ["used", "0", "0", "0", "0", "0", "0", ticket] {
             invocation.arg(arg);
         }
-        let mut conn = self.conn.clone();
-        invocation
-            .invoke_async::<i64>(&mut conn)
+        common::redis_client::invoke_script::<i64>(&self.conn, &invocation)
             .await
             .map(|_| ())
             .map_err(|e| RoomError(e.to_string()))
