@@ -40,11 +40,11 @@ command -v wrk >/dev/null || DEBIAN_FRONTEND=noninteractive apt-get install -y -
 # Our functions on their own ports, pinned like the seed.
 export ROUTER_PORT=0 AUTH_PORT=22081 STOCK_PORT=22082 ORDER_PORT=22083 METRICS_BASE=22180
 export LOAD_STATE=$ROOT/load/.run/bench PIN_AUTH=$SERVER_CPUS PIN_STOCK=$SERVER_CPUS PIN_ORDER=$SERVER_CPUS
-"$ROOT/load/stack.sh" up
+"$ROOT/infra/local/stack.sh" load up
 SEED_PID=
 cleanup() {
   [ -n "$SEED_PID" ] && kill -TERM "$SEED_PID" 2>/dev/null || true
-  "$ROOT/load/stack.sh" down || true
+  "$ROOT/infra/local/stack.sh" load down || true
 }
 trap cleanup EXIT
 . "$ROOT/.local/secrets.env"

@@ -51,8 +51,8 @@ command -v wrk >/dev/null || { DEBIAN_FRONTEND=noninteractive apt-get install -y
 export ROUTER_PORT=0 AUTH_PORT=21081 STOCK_PORT=21082 ORDER_PORT=21083 METRICS_BASE=21180
 export LOAD_STATE=$ROOT/load/.run/capacity PIN_AUTH=$FN_CPU PIN_STOCK=$FN_CPU PIN_ORDER=$FN_CPU
 AUTH=http://127.0.0.1:$AUTH_PORT STOCK=http://127.0.0.1:$STOCK_PORT ORDER=http://127.0.0.1:$ORDER_PORT
-"$ROOT/load/stack.sh" up
-trap '"$ROOT/load/stack.sh" down' EXIT
+"$ROOT/infra/local/stack.sh" load up
+trap '"$ROOT/infra/local/stack.sh" load down' EXIT
 {
   echo "date: $(date -u +%FT%TZ)"
   echo "cpu: $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | xargs) x $(nproc)"

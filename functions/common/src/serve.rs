@@ -29,6 +29,18 @@ pub fn listen_addr() -> anyhow::Result<SocketAddr> {
 /// Runs `router` until shutdown, on Lambda or as an HTTP server.
 pub async fn serve(router: Router) -> anyhow::Result<()> {
     if std::env::var_os("AWS_LAMBDA_RUNTIME_API").is_some() {
+        // Metrics as EMF records on stdout, flushed at the end of an
+        // invocation, before Lambda can freeze the process (metrics/emf.rs).
+        let router = if crate::metrics::emf::enabled() {
+            router.layer(axum::middleware::map_response(
+                |response: axum::response::Response| async move {
+                    crate::metrics::emf::after_invocation();
+                    response
+                },
+            ))
+        } else {
+            router
+        };
         return lambda_http::run(router)
             .await
             .map_err(|e| anyhow::anyhow!("lambda runtime: {e}"));

@@ -29,6 +29,8 @@ enum Command {
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
+    // Before any TLS client (DynamoDB, Redis) exists: one crypto provider.
+    common::backends::install_crypto_provider();
     let Cli { command } = Cli::parse();
     let Command::Serve = command.unwrap_or(Command::Serve);
     common::telemetry::init("order");

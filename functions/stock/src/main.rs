@@ -36,6 +36,8 @@ enum Command {
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
+    // Before any TLS client (DynamoDB, Redis) exists: one crypto provider.
+    common::backends::install_crypto_provider();
     let cli = Cli::parse();
     let settings = common::config::Settings::from_env()?;
     match cli.command.unwrap_or(Command::Serve) {

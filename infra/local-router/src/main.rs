@@ -153,6 +153,8 @@ async fn embedded_routers() -> anyhow::Result<[Router; 3]> {
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
+    // Before any TLS client (DynamoDB, Redis) exists: one crypto provider.
+    common::backends::install_crypto_provider();
     let cli = Cli::parse();
     common::telemetry::init("local-router");
     let upstreams = if cli.embedded {

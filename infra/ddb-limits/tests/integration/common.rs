@@ -32,7 +32,10 @@ pub async fn client(endpoint: &str, attempts: u32) -> Client {
             .with_max_attempts(attempts)
             .with_initial_backoff(Duration::from_millis(5))
     };
+    // The SDK is built without its default HTTP client (see the workspace
+    // Cargo.toml): the proxy speaks plain HTTP, so no TLS provider is set.
     let config = aws_config::defaults(BehaviorVersion::latest())
+        .http_client(aws_smithy_http_client::Builder::new().build_http())
         .region(Region::new("us-east-1"))
         .endpoint_url(endpoint)
         .credentials_provider(Credentials::new(
