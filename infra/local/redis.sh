@@ -114,10 +114,13 @@ cluster_ok() { # every node answers and sees a healthy cluster
 }
 
 cluster_start() {
-  local port formed=1
+  local port formed=0
   for port in "${CLUSTER_PORTS[@]}"; do node_start "$port"; done
+  # Nodes restarted on their saved nodes.conf are a cluster already (they
+  # may still be greeting each other): create one only from fresh nodes,
+  # each knowing nobody but itself.
   for port in "${CLUSTER_PORTS[@]}"; do
-    [ "$(cli_at "$port" cluster info | awk -F: '/^cluster_known_nodes/ {print $2}' | tr -d '\r')" = "${#CLUSTER_PORTS[@]}" ] || formed=0
+    [ "$(cli_at "$port" cluster info | awk -F: '/^cluster_known_nodes/ {print $2}' | tr -d '\r')" = 1 ] || formed=1
   done
   if [ $formed = 0 ]; then
     say "creating a Redis Cluster on ${CLUSTER_PORTS[*]} (3 primaries, 1 replica each)"

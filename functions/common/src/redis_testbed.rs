@@ -56,6 +56,42 @@ impl RedisVariant {
     }
 }
 
+impl RedisVariant {
+    /// Every node of this shape, each on a single-node connection: the one
+    /// node, or a cluster's nodes as `CLUSTER NODES` lists them (all of
+    /// them, or only the primaries). For tests that must reach each node
+    /// itself (`SCRIPT FLUSH`, `INFO`).
+    pub async fn nodes(&self, primaries_only: bool) -> Vec<RedisConn> {
+        let urls: Vec<String> = match self.mode {
+            RedisMode::Single => vec![self.url.clone()],
+            RedisMode::Cluster => {
+                let mut conn = self.connect().await;
+                let listing: String = redis::cmd("CLUSTER")
+                    .arg("NODES")
+                    .query_async(&mut conn)
+                    .await
+                    .unwrap_or_else(|e| panic!("{}: CLUSTER NODES: {e}", self.name));
+                listing
+                    .lines()
+                    .filter(|l| !primaries_only || l.contains("master"))
+                    .filter_map(|l| l.split_whitespace().nth(1))
+                    .filter_map(|a| a.split('@').next())
+                    .map(|a| format!("redis://{a}"))
+                    .collect()
+            }
+        };
+        assert!(!urls.is_empty(), "{}: no nodes", self.name);
+        urls.iter()
+            .map(|u| {
+                let t = RedisTarget::parse(u, RedisMode::Single, self.ca_file.as_deref())
+                    .unwrap_or_else(|e| panic!("{u}: {e}"));
+                RedisConn::connect(&t, RedisTimeouts::from_budget(Duration::from_secs(5)))
+                    .unwrap_or_else(|e| panic!("{u}: {e}"))
+            })
+            .collect()
+    }
+}
+
 fn stack_dir() -> String {
     std::env::var("STACK_DIR")
         .unwrap_or_else(|_| format!("{}/../../.local", env!("CARGO_MANIFEST_DIR")))

@@ -194,34 +194,13 @@ async fn the_gate_script_is_reloaded_on_every_node_after_noscript() {
 }
 
 async fn flush_scripts(variant: &redis_testbed::RedisVariant) {
-    let nodes: Vec<String> = match variant.mode {
-        RedisMode::Single => vec![variant.url.clone()],
-        // Every node, replicas included: a promoted replica has no cache
-        // of the old primary's scripts either.
-        RedisMode::Cluster => {
-            let mut conn = variant.connect().await;
-            let listing: String = redis::cmd("CLUSTER")
-                .arg("NODES")
-                .query_async(&mut conn)
-                .await
-                .unwrap();
-            listing
-                .lines()
-                .filter_map(|line| line.split_whitespace().nth(1))
-                .filter_map(|addr| addr.split('@').next())
-                .map(|addr| format!("redis://{addr}"))
-                .collect()
-        }
-    };
-    assert!(!nodes.is_empty());
-    for url in nodes {
-        let target =
-            RedisTarget::parse(&url, RedisMode::Single, variant.ca_file.as_deref()).unwrap();
-        let mut conn = RedisConn::connect(&target, quick()).unwrap();
+    // Every node, replicas included: a promoted replica has no cache of
+    // the old primary's scripts either.
+    for mut conn in variant.nodes(false).await {
         let _: String = redis::cmd("SCRIPT")
             .arg("FLUSH")
             .query_async(&mut conn)
             .await
-            .unwrap_or_else(|e| panic!("SCRIPT FLUSH on {url}: {e}"));
+            .unwrap_or_else(|e| panic!("SCRIPT FLUSH on {}: {e}", variant.name));
     }
 }

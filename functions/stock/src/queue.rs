@@ -57,10 +57,7 @@ pub async fn join(
         .room
         .join(&sale, &room, level, &buyer.0)
         .await
-        .map_err(|e| {
-            tracing::warn!(error = %e, "waiting room unavailable");
-            ApiError::overloaded()
-        })?;
+        .map_err(room_unavailable)?;
     let (status, ticket) = match outcome {
         JoinOutcome::Joined(t) => (StatusCode::CREATED, t),
         JoinOutcome::Existing(t) => (StatusCode::OK, t),
@@ -98,10 +95,7 @@ pub async fn poll(
         .room
         .poll(&sale, &room, level, &ticket, &buyer.0)
         .await
-        .map_err(|e| {
-            tracing::warn!(error = %e, "waiting room unavailable");
-            ApiError::overloaded()
-        })?
+        .map_err(room_unavailable)?
         .ok_or(ApiError::TicketNotFound)?;
     answer(
         &state,
@@ -113,6 +107,12 @@ pub async fn poll(
         &found,
         false,
     )
+}
+
+/// The room's store did not answer: `503` to the buyer, the cause logged.
+fn room_unavailable(e: inventory::waiting_room::RoomError) -> ApiError {
+    tracing::warn!(error = %e, "waiting room unavailable");
+    ApiError::overloaded()
 }
 
 /// How long until a buyer at `position` is admitted, at the room's rate.

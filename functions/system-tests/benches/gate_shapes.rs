@@ -20,7 +20,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use common::redis_client::{RedisConn, RedisMode, RedisTarget, RedisTimeouts};
+use common::redis_client::RedisConn;
 use common::redis_testbed::{self, RedisVariant};
 use inventory::gate::{HoldOutcome, RedisGate, StockGate};
 use inventory::sale::{HoldId, SaleDefinition};
@@ -32,36 +32,6 @@ struct Run {
     busiest_share: f64,
     /// CPU time (user + sys) per script on the busiest primary, µs.
     cpu_us_per_script: f64,
-}
-
-/// Every node of a shape, addressed singly (for INFO).
-async fn nodes(variant: &RedisVariant) -> Vec<RedisConn> {
-    let urls: Vec<String> = match variant.mode {
-        RedisMode::Single => vec![variant.url.clone()],
-        RedisMode::Cluster => {
-            let mut conn = variant.connect().await;
-            let listing: String = redis::cmd("CLUSTER")
-                .arg("NODES")
-                .query_async(&mut conn)
-                .await
-                .expect("CLUSTER NODES");
-            listing
-                .lines()
-                .filter(|l| l.contains("master"))
-                .filter_map(|l| l.split_whitespace().nth(1))
-                .filter_map(|a| a.split('@').next())
-                .map(|a| format!("redis://{a}"))
-                .collect()
-        }
-    };
-    urls.iter()
-        .map(|u| {
-            let t = RedisTarget::parse(u, RedisMode::Single, variant.ca_file.as_deref())
-                .expect("node url");
-            RedisConn::connect(&t, RedisTimeouts::from_budget(Duration::from_secs(5)))
-                .expect("node conn")
-        })
-        .collect()
 }
 
 /// (scripts run, CPU seconds) of one node so far.
@@ -109,7 +79,7 @@ async fn run(label: &str, variant: &RedisVariant, buckets: i64, seconds: u64, ta
     .and_then(|s| s.with_stock_buckets(buckets))
     .expect("bench sale");
     gate.load(&sale, &[]).await.expect("load");
-    let nodes = nodes(variant).await;
+    let nodes = variant.nodes(true).await;
     let mut before = Vec::new();
     for n in &nodes {
         before.push(counters(n).await);
