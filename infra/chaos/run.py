@@ -750,7 +750,12 @@ class ChaosCluster:
         return None
 
     def healthy(self) -> bool:
-        return all("cluster_state:ok" in (self.cli(p, "CLUSTER", "INFO") or "") for p in self.ports)
+        """Every node sees a healthy cluster, and every replica has synced
+        from its primary: one that never has refuses to be promoted."""
+        def synced(port: int) -> bool:
+            info = self.cli(port, "INFO", "replication") or ""
+            return "role:slave" not in info or "master_link_status:up" in info
+        return all("cluster_state:ok" in (self.cli(p, "CLUSTER", "INFO") or "") and synced(p) for p in self.ports)
 
 
 def gate_key(sale_id: str) -> str:
@@ -781,7 +786,7 @@ def fault_cluster_failover(cluster: ChaosCluster, sale_id: str, plan: Plan, ev: 
             ev["new_primary"] = cluster.owner(key)
             time.sleep(plan.down_for)
             ev["restart"] = time.monotonic()
-            cluster.redis_sh("cluster", "revive", timeout=90)
+            cluster.redis_sh("cluster", "revive", timeout=150)
             ev["backend_up"] = time.monotonic()
             # The revived node learns from the others that it was failed over.
             cl.wait_until(lambda: cluster.role(killed) == "slave", 30, 0.1)
@@ -981,8 +986,9 @@ def stampede_with_fault(name: str, stack: cl.Stack, minter: cl.Minter, plan: Pla
                         control: int | None) -> Report:
     report = Report(name)
     cluster = ChaosCluster(stack) if name in CLUSTER_SCENARIOS else None
-    if cluster and not cluster.healthy():
-        raise RuntimeError("the chaos cluster is not healthy before the scenario (redis.sh cluster status)")
+    if cluster and not cl.wait_until(cluster.healthy, 30, 0.2):
+        raise RuntimeError("the chaos cluster is not healthy before the scenario (a node not ok, or a replica "
+                           "not synced, for 30 s)")
     watch = LogWatch(stack)
     sale_id = cl.unique(name)
     if name == "redis-cluster-restart-empty":

@@ -101,6 +101,7 @@ node_start() { # port
   redis-server --bind 127.0.0.1 --port "$port" --cluster-enabled yes \
     --cluster-config-file nodes.conf --cluster-node-timeout 2000 \
     --dir "$dir" --appendonly yes --save '' --daemonize no --protected-mode yes \
+    --repl-diskless-sync-delay 0 \
     >>"$LOGS/redis-cluster-$port.log" 2>&1 &
   echo $! >"$PIDS/redis-cluster-$port.pid"
   wait_for "cluster node :$port" 15 cli_at "$port" ping
@@ -133,7 +134,20 @@ cluster_start() {
   # Every primary must have a replica before the stack counts as up:
   # failover tests need one to promote.
   wait_for "cluster replicas" 30 replicas_attached
+  wait_for "cluster replication" 30 replicas_synced
   say "Redis Cluster ready: $(cluster_url)"
+}
+
+# A replica whose link to its primary has never come up (its first sync not
+# done yet) refuses to fail over: Redis counts its data as infinitely old
+# ("Disconnected from master for longer than allowed"). `cluster replicas`
+# says only that the cluster bus is connected, so check replication itself.
+replicas_synced() {
+  local port info
+  for port in "${CLUSTER_PORTS[@]}"; do
+    info=$(cli_at "$port" info replication) || return 1
+    case $info in *role:slave*) grep -q '^master_link_status:up' <<<"$info" || return 1 ;; esac
+  done
 }
 
 replicas_attached() {
@@ -187,6 +201,9 @@ cluster_revive() {
   local port
   for port in "${CLUSTER_PORTS[@]}"; do node_start "$port"; done
   wait_for "Redis Cluster" 60 cluster_ok
+  # A revived primary comes back as a replica: it can be promoted in turn
+  # only once it has synced from the primary that replaced it.
+  wait_for "cluster replication" 60 replicas_synced
 }
 
 cluster_restart_empty() {
