@@ -51,6 +51,14 @@ pub enum ConfirmOutcome {
     KeyUsed(Order),
 }
 
+/// One page of a sale's confirmed orders ([`Ledger::sale_orders_page`]).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct SalePage {
+    pub orders: Vec<Order>,
+    /// Where the next page starts; `None` after the last.
+    pub next: Option<String>,
+}
+
 /// What really happened to a hold whose checkout never said.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum HoldTruth {
@@ -87,8 +95,28 @@ pub trait Ledger: Send + Sync + 'static {
         user_id: &str,
         sale_id: Option<&SaleId>,
     ) -> Result<Vec<Order>, LedgerError>;
-    /// Every confirmed order of a sale: for rebuilds, reconciliation, audits.
+    /// Every confirmed order of a sale, all at once: for audits and tests.
+    /// Rebuilds and reconciliation read [`Ledger::sale_orders_page`].
     async fn sale_orders(&self, sale_id: &SaleId) -> Result<Vec<Order>, LedgerError>;
+    /// The confirmed orders of a sale a page at a time, in bounded memory:
+    /// at most `limit` orders after the cursor `after` (`None`: from the
+    /// start), and the cursor of the next page (`None`: that was the last).
+    /// A cursor is opaque, valid for the sale it came from.
+    async fn sale_orders_page(
+        &self,
+        sale_id: &SaleId,
+        after: Option<&str>,
+        limit: usize,
+    ) -> Result<SalePage, LedgerError> {
+        let _ = limit;
+        if after.is_some() {
+            return Ok(SalePage::default());
+        }
+        Ok(SalePage {
+            orders: self.sale_orders(sale_id).await?,
+            next: None,
+        })
+    }
     async fn ready(&self) -> Result<(), String>;
 }
 
