@@ -102,6 +102,10 @@ pub struct Settings {
     pub aws_region: String,
     pub users_table: String,
     pub ledger_table: String,
+    /// `LEDGER_BUCKETS`: how many stock counters (and partition keys) the
+    /// ledger spreads each new sale over, 1 to 99 (default 32; a sale never
+    /// gets more than it has units). Existing sales keep theirs.
+    pub ledger_buckets: u16,
     pub token_issuer: String,
     pub token_audience: String,
     /// Base64url Ed25519 public keys that verify access tokens (comma separated
@@ -124,6 +128,7 @@ impl Settings {
                 .unwrap_or_else(|| "us-east-1".into()),
             users_table: var("USERS_TABLE").unwrap_or_else(|| "flashsale-users".into()),
             ledger_table: var("LEDGER_TABLE").unwrap_or_else(|| "flashsale-ledger".into()),
+            ledger_buckets: parsed_or("LEDGER_BUCKETS", 32)?,
             token_issuer: var("TOKEN_ISSUER").unwrap_or_else(|| "flashsale-auth".into()),
             token_audience: var("TOKEN_AUDIENCE").unwrap_or_else(|| "flashsale".into()),
             token_public_keys: var("TOKEN_PUBLIC_KEY")
@@ -136,6 +141,12 @@ impl Settings {
                 .unwrap_or_default(),
             backend_timeout_ms: parsed_or("BACKEND_TIMEOUT_MS", 2_000)?,
         };
+        if !(1..=99).contains(&settings.ledger_buckets) {
+            return Err(ConfigError::new(
+                "LEDGER_BUCKETS",
+                format!("must be 1 to 99, not {}", settings.ledger_buckets),
+            ));
+        }
         if settings.store == StoreMode::Aws {
             // A wrong Redis setting fails the start, not the first checkout.
             settings.redis_target()?;
@@ -163,6 +174,7 @@ impl Settings {
             aws_region: "us-east-1".into(),
             users_table: "flashsale-users".into(),
             ledger_table: "flashsale-ledger".into(),
+            ledger_buckets: 32,
             token_issuer: "flashsale-auth".into(),
             token_audience: "flashsale".into(),
             token_public_keys: Vec::new(),

@@ -44,9 +44,10 @@ pub async fn from_settings(
             let redis = common::backends::redis(settings)?;
             (
                 Arc::new(gate::RedisGate::new(redis.clone())),
-                Arc::new(ledger::DynamoLedger::new(
+                Arc::new(ledger::DynamoLedger::with_buckets(
                     common::backends::dynamodb(settings).await,
                     &settings.ledger_table,
+                    settings.ledger_buckets,
                 )),
                 Arc::new(admission::RedisRateLimiter::new(redis)),
             )

@@ -90,6 +90,11 @@ impl HoldId {
     pub fn as_str(&self) -> &str {
         &self.0
     }
+
+    /// Sorts before every id: a range bound for ordered maps, never an id.
+    pub(crate) fn lowest() -> Self {
+        Self(String::new())
+    }
 }
 
 impl fmt::Display for HoldId {

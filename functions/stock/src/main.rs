@@ -12,7 +12,7 @@ use clap::{Parser, Subcommand};
     long_about = "The flash-sale stock function: create sales (admin), show live stock, and the admin \
         breakdown/reconcile calls.\n\nWith no subcommand it serves HTTP on $PORT (default 8080), or runs \
         as an AWS Lambda function when AWS_LAMBDA_RUNTIME_API is set. Configuration comes from the \
-        environment: ADMIN_TOKEN, STORE (aws|memory), REDIS_URL, DYNAMODB_ENDPOINT, LEDGER_TABLE, \
+        environment: ADMIN_TOKEN, STORE (aws|memory), REDIS_URL, DYNAMODB_ENDPOINT, LEDGER_TABLE, LEDGER_BUCKETS, \
         HOLD_TTL_SECONDS, SALE_STOCK_BUCKETS, TOKEN_PUBLIC_KEY (buyers on the waiting-room calls), \
         ADMISSION_SIGNING_KEY (admission tokens of waiting-room sales), LOG_LEVEL. See README.md."
 )]
@@ -49,6 +49,13 @@ async fn main() -> anyhow::Result<()> {
                 "ledger table {}: {}",
                 settings.ledger_table,
                 if created { "created" } else { "already exists" }
+            );
+            // The key schema did not change with layout 2: nothing to convert.
+            println!(
+                "ledger layout 2: each new sale over up to {} partition keys (LEDGER_BUCKETS); \
+                 sales created by the one-partition layout 1 still read, but take no more orders \
+                 (create them again)",
+                settings.ledger_buckets
             );
             Ok(())
         }

@@ -242,19 +242,27 @@ fn n(v: impl ToString) -> AttributeValue {
     AttributeValue::N(v.to_string())
 }
 
-/// The sale-counter update of `ledger/dynamo/items.rs` for `qty` units.
-fn counter(table: &str, sale: &str, qty: usize, now: &str) -> TransactWriteItem {
+/// Buckets of the bench's sales: the ledger's default.
+const BUCKETS: u16 = inventory::ledger::DEFAULT_BUCKETS;
+
+/// The stock-counter update of `ledger/dynamo/items.rs` for `qty` units
+/// on bucket `k` (each writer charges a bucket of its own, as committers
+/// of different instances mostly do).
+fn counter(table: &str, sale: &str, k: u16, qty: usize, now: &str) -> TransactWriteItem {
     let update = Update::builder()
         .table_name(table)
-        .key("pk", s(format!("SALE#{sale}")))
-        .key("sk", s("SALE"))
+        .key("pk", s(format!("SALE#{sale}#P{k}")))
+        .key("sk", s("STOCK"))
         .update_expression("SET confirmed = confirmed + :q")
         .condition_expression(
             "attribute_exists(pk) AND confirmed <= :max_before AND starts_at <= :earliest \
              AND (attribute_not_exists(ends_at) OR ends_at > :latest)",
         )
         .expression_attribute_values(":q", n(qty))
-        .expression_attribute_values(":max_before", n(10_000_000 - qty as i64))
+        .expression_attribute_values(
+            ":max_before",
+            n(10_000_000 / i64::from(BUCKETS) - qty as i64),
+        )
         .expression_attribute_values(":earliest", s(now))
         .expression_attribute_values(":latest", s(now))
         .build()
@@ -262,15 +270,17 @@ fn counter(table: &str, sale: &str, qty: usize, now: &str) -> TransactWriteItem 
     TransactWriteItem::builder().update(update).build()
 }
 
-/// One order's own items, as the ledger writes them: the order, the
-/// user's counter, the Idempotency-Key record.
+/// One order's own items, as the ledger writes them: the order and the
+/// user's counter on the partition of the user's bucket (a random one
+/// here: user ids hash evenly), the Idempotency-Key record.
 fn order_items(table: &str, sale: &str, now: &str) -> Vec<TransactWriteItem> {
     let user = ulid::Ulid::new().to_string();
+    let home = format!("SALE#{sale}#P{}", rand::random::<u16>() % BUCKETS);
     let hold = ulid::Ulid::new().to_string();
     let key = ulid::Ulid::new().to_string();
     let order = Put::builder()
         .table_name(table)
-        .item("pk", s(format!("SALE#{sale}")))
+        .item("pk", s(&home))
         .item("sk", s(format!("ORDER#{user}#{hold}")))
         .item("status", s("confirmed"))
         .item("order_id", s(format!("{sale}.{hold}")))
@@ -290,7 +300,7 @@ fn order_items(table: &str, sale: &str, now: &str) -> Vec<TransactWriteItem> {
         .expect("a complete put");
     let user_counter = Update::builder()
         .table_name(table)
-        .key("pk", s(format!("SALE#{sale}")))
+        .key("pk", s(&home))
         .key("sk", s(format!("USER#{user}")))
         .update_expression("SET confirmed = if_not_exists(confirmed, :zero) + :q")
         .condition_expression("attribute_not_exists(confirmed) OR confirmed <= :max_before")
@@ -315,9 +325,9 @@ fn order_items(table: &str, sale: &str, now: &str) -> Vec<TransactWriteItem> {
 }
 
 /// One transaction of `batch` orders on one sale, like a group commit.
-fn transaction(table: &str, sale: &str, batch: usize) -> Vec<TransactWriteItem> {
+fn transaction(table: &str, sale: &str, k: u16, batch: usize) -> Vec<TransactWriteItem> {
     let now = inventory::sale::rfc3339(chrono::Utc::now());
-    let mut items = vec![counter(table, sale, batch, &now)];
+    let mut items = vec![counter(table, sale, k, batch, &now)];
     for _ in 0..batch {
         items.extend(order_items(table, sale, &now));
     }
@@ -341,14 +351,15 @@ async fn bare_ceiling(
     let started = Instant::now();
     let deadline = started + Duration::from_secs(seconds);
     let writers: Vec<_> = (0..concurrency)
-        .map(|_| {
+        .map(|w| {
+            let k = (w % usize::from(BUCKETS)) as u16;
             let (client, table, sale) = (client.clone(), table.clone(), sale.clone());
             let (committed, cancelled) = (committed.clone(), cancelled.clone());
             tokio::spawn(async move {
                 while Instant::now() < deadline {
                     let sent = client
                         .transact_write_items()
-                        .set_transact_items(Some(transaction(&table, &sale, batch)))
+                        .set_transact_items(Some(transaction(&table, &sale, k, batch)))
                         .send()
                         .await;
                     match sent {

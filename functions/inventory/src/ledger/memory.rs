@@ -1,12 +1,12 @@
 //! The ledger in process memory, for embedded mode: the same conditions as
 //! the DynamoDB transaction, checked under one lock.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::sync::{Mutex, MutexGuard};
 
 use async_trait::async_trait;
 
-use super::{ConfirmOutcome, ConfirmRequest, HoldTruth, Ledger, LedgerError};
+use super::{ConfirmOutcome, ConfirmRequest, HoldTruth, Ledger, LedgerError, SalePage};
 use crate::gate::Hold;
 use crate::sale::{HoldId, Order, OrderId, SaleDefinition, SaleId};
 
@@ -20,7 +20,9 @@ enum Entry {
 struct State {
     sales: HashMap<SaleId, (SaleDefinition, u64)>,
     user_units: HashMap<(SaleId, String), u64>,
-    orders: HashMap<(SaleId, String, HoldId), Entry>,
+    /// Ordered, so that a sale's orders are read a page at a time by
+    /// range, as the DynamoDB ledger reads its partitions.
+    orders: BTreeMap<(SaleId, String, HoldId), Entry>,
     keys: HashMap<(String, String), OrderId>,
 }
 
@@ -190,6 +192,56 @@ impl Ledger for MemoryLedger {
                 _ => None,
             })
             .collect())
+    }
+
+    async fn sale_orders_page(
+        &self,
+        sale_id: &SaleId,
+        after: Option<&str>,
+        limit: usize,
+    ) -> Result<SalePage, LedgerError> {
+        use std::ops::Bound;
+        // The cursor is the last (user, hold) key read, as JSON.
+        let start = match after {
+            None => Bound::Unbounded,
+            Some(raw) => {
+                let (user, hold): (String, String) = serde_json::from_str(raw)
+                    .map_err(|_| LedgerError::Definite(format!("not a page cursor: {raw}")))?;
+                let hold = HoldId::parse(&hold)
+                    .ok_or_else(|| LedgerError::Definite(format!("not a page cursor: {raw}")))?;
+                Bound::Excluded((sale_id.clone(), user, hold))
+            }
+        };
+        let state = self.state();
+        let limit = limit.max(1);
+        let mut orders = Vec::new();
+        let mut last = None;
+        let mut more = false;
+        let from = match start {
+            Bound::Unbounded => Bound::Included((sale_id.clone(), String::new(), HoldId::lowest())),
+            bound => bound,
+        };
+        for (key, entry) in state.orders.range((from, Bound::Unbounded)) {
+            if &key.0 != sale_id {
+                break;
+            }
+            if orders.len() == limit {
+                more = true;
+                break;
+            }
+            if let Entry::Confirmed(o) = entry {
+                orders.push(o.clone());
+            }
+            last = Some(key);
+        }
+        let next = match (more, last) {
+            (true, Some((_, user, hold))) => Some(
+                serde_json::to_string(&(user, hold.as_str()))
+                    .map_err(|e| LedgerError::Definite(format!("page cursor: {e}")))?,
+            ),
+            _ => None,
+        };
+        Ok(SalePage { orders, next })
     }
 
     async fn ready(&self) -> Result<(), String> {

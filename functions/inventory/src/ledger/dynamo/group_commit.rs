@@ -7,6 +7,8 @@
 //!        ◄── answer ◄─── committed: all confirmed
 //!                        refused: the orders whose own conditions failed get
 //!                                 their answer; the rest are sent again
+//!                        a stock counter refused or conflicted: the batch
+//!                                 is charged elsewhere (`stock.rs`) and sent again
 //! ```
 //!
 //! Three rules keep it honest under faults:
@@ -25,35 +27,22 @@ use std::collections::HashSet;
 use std::sync::Arc;
 use std::time::Duration;
 
-use aws_sdk_dynamodb::config::http::HttpResponse;
-use aws_sdk_dynamodb::error::{DisplayErrorContext, SdkError};
-use aws_sdk_dynamodb::operation::transact_write_items::TransactWriteItemsError;
-use aws_sdk_dynamodb::types::TransactWriteItem;
 use tokio::sync::oneshot;
 
-use super::items::{codes_by_order, refused, CONDITION_FAILED};
-use super::{ConfirmOutcome, ConfirmRequest, Inner, LedgerError};
+use super::items::{codes_by_order, own_item_count, refused, MAX_ITEMS};
+use super::stock::Cover;
+use super::transact::{client_token, Transacted, ATTEMPTS};
+use super::Inner;
+use crate::ledger::{ConfirmOutcome, ConfirmRequest, LedgerError};
 use crate::sale::{jittered, SaleId};
 
-/// Attempts of one transaction (a conflict on a hot item, a throttle or an
-/// unknown outcome each cost one) before the checkout is answered `503`;
-/// the engine's ledger timeout usually ends the wait first.
-const ATTEMPTS: u32 = 12;
-
-/// Orders committed together at most: 1 sale item + 3 items per order stays
-/// within DynamoDB's 100 items per transaction.
+/// Orders committed together at most: 3 items per order and a few stock
+/// counters stay within DynamoDB's 100 items per transaction.
 const MAX_BATCH: usize = 24;
 
 pub(super) struct Pending {
     request: ConfirmRequest,
     reply: oneshot::Sender<Result<ConfirmOutcome, LedgerError>>,
-}
-
-/// How a transaction ended, when DynamoDB answered.
-enum Transacted {
-    Committed,
-    /// A condition failed; the cancellation reason of each item, in order.
-    Refused(Vec<Option<String>>),
 }
 
 type Answer = Result<ConfirmOutcome, LedgerError>;
@@ -114,53 +103,123 @@ impl Inner {
     /// allow; one answer per order, in order.
     async fn confirm_batch(&self, batch: &[&ConfirmRequest]) -> Vec<Answer> {
         let mut answers: Vec<Option<Answer>> = vec![None; batch.len()];
-        // Positions in `batch` still to be written.
-        let mut live: Vec<usize> = (0..batch.len()).collect();
+        let Some(first) = batch.first() else {
+            return Vec::new();
+        };
+        let sale = first.order.sale_id().clone();
+        let layout = match self.layout(&sale).await {
+            Ok(Some(layout)) => layout,
+            Ok(None) => {
+                let e = LedgerError::Definite(format!("no sale {sale} in the ledger"));
+                return batch.iter().map(|_| Err(e.clone())).collect();
+            }
+            Err(e) => return batch.iter().map(|_| Err(e.clone())).collect(),
+        };
+        // The window, by the gate's clock (the counters check it again).
+        let mut live: Vec<usize> = Vec::new();
+        for (i, req) in batch.iter().enumerate() {
+            if layout.in_window(req.order.created_at) {
+                live.push(i);
+            } else {
+                answers[i] = Some(Ok(ConfirmOutcome::NotLive));
+            }
+        }
+        let mut backoff = Duration::from_millis(5);
+        let mut rounds = 0;
         while !live.is_empty() {
-            let requests: Vec<&ConfirmRequest> = live.iter().map(|&i| batch[i]).collect();
-            let (items, layout) = match self.batch_items(&requests) {
+            rounds += 1;
+            if rounds > ATTEMPTS {
+                let e = LedgerError::Definite(format!(
+                    "orders not written after {ATTEMPTS} plans (stock counters kept refusing or conflicting)"
+                ));
+                fill(&mut answers, &live, |_| Err(e.clone()));
+                break;
+            }
+            let own: usize = live.iter().map(|&i| own_item_count(batch[i])).sum();
+            let quantities: Vec<u64> = live
+                .iter()
+                .map(|&i| u64::from(batch[i].order.quantity))
+                .collect();
+            let plan = self.plan(&sale, layout, &quantities, MAX_ITEMS.saturating_sub(own));
+            // No buckets have these units between them: sold out (the
+            // belief is never below the truth, see `stock`).
+            for (k, &i) in live.iter().enumerate() {
+                if plan.cover[k] == Cover::SoldOut {
+                    answers[i] = Some(Ok(ConfirmOutcome::SoldOut));
+                }
+            }
+            let now: Vec<usize> = (0..live.len())
+                .filter(|&k| plan.cover[k] == Cover::Yes)
+                .map(|k| live[k])
+                .collect();
+            live = (0..live.len())
+                .filter(|&k| plan.cover[k] != Cover::SoldOut)
+                .map(|k| live[k])
+                .collect();
+            if now.is_empty() {
+                continue;
+            }
+            let requests: Vec<&ConfirmRequest> = now.iter().map(|&i| batch[i]).collect();
+            let (items, item_layout) = match self.batch_items(layout, &requests, &plan) {
                 Ok(built) => built,
                 Err(e) => {
                     fill(&mut answers, &live, |_| Err(e.clone()));
                     break;
                 }
             };
-            match self.transact(&client_token(&requests), items).await {
+            match self.transact(&client_token(&requests, &plan), items).await {
                 Ok(Transacted::Committed) => {
-                    fill(&mut answers, &live, |i| {
+                    self.charged(&sale, layout, &plan);
+                    fill(&mut answers, &now, |i| {
                         Ok(ConfirmOutcome::Confirmed(batch[i].order.clone()))
                     });
-                    break;
+                    live.retain(|i| !now.contains(i));
+                }
+                Ok(Transacted::Contended(codes)) => {
+                    let codes = codes_by_order(&item_layout, &codes, now.len());
+                    self.contended(&sale, layout, &codes.contended_counters);
+                    tokio::time::sleep(jittered(backoff, 1.0)).await;
+                    backoff = (backoff * 2).min(Duration::from_millis(200));
                 }
                 Ok(Transacted::Refused(codes)) => {
-                    let (counter_failed, own) = codes_by_order(&layout, &codes, live.len());
-                    let blamed: Vec<usize> =
-                        (0..live.len()).filter(|&k| refused(&own[k])).collect();
-                    if blamed.is_empty() || live.len() == 1 {
-                        // Only the shared counter refused (stock or window),
-                        // or a lone order: no other order to spare. Each is
-                        // answered on its own.
-                        for (k, &i) in live.iter().enumerate() {
-                            let answer = if live.len() == 1 {
-                                self.explain_refusal(batch[i], &own[k], counter_failed)
-                                    .await
-                            } else {
-                                self.confirm_alone(batch[i]).await
-                            };
-                            answers[i] = Some(answer);
+                    let codes = codes_by_order(&item_layout, &codes, now.len());
+                    // Orders refused by their own items get their answer;
+                    // the others are not punished for it.
+                    let mut blamed = HashSet::new();
+                    for (k, &i) in now.iter().enumerate() {
+                        if !refused(&codes.own[k]) {
+                            continue;
                         }
-                        break;
+                        blamed.insert(i);
+                        answers[i] = Some(
+                            match self.explain_refusal(layout, batch[i], &codes.own[k]).await {
+                                Ok(Some(outcome)) => Ok(outcome),
+                                Ok(None) => Err(LedgerError::Definite(
+                                    "transaction refused for no stated reason".into(),
+                                )),
+                                Err(e) => Err(e),
+                            },
+                        );
                     }
-                    for &k in &blamed {
-                        let i = live[k];
-                        answers[i] = Some(self.explain_refusal(batch[i], &own[k], false).await);
-                    }
-                    let blamed: HashSet<usize> = blamed.into_iter().map(|k| live[k]).collect();
                     live.retain(|i| !blamed.contains(i));
+                    if !codes.refused_counters.is_empty() {
+                        // Another instance took what this one believed was
+                        // left: read the counters and plan again.
+                        if let Err(e) = self.refresh(&sale, layout).await {
+                            fill(&mut answers, &live, |_| Err(e.clone()));
+                            break;
+                        }
+                    } else if blamed.is_empty() {
+                        let e = LedgerError::Definite(
+                            "transaction refused for no stated reason".into(),
+                        );
+                        fill(&mut answers, &now, |_| Err(e.clone()));
+                        live.retain(|i| !now.contains(i));
+                    }
                 }
                 Err(e) => {
-                    fill(&mut answers, &live, |_| Err(e.clone()));
-                    break;
+                    fill(&mut answers, &now, |_| Err(e.clone()));
+                    live.retain(|i| !now.contains(i));
                 }
             }
         }
@@ -171,159 +230,6 @@ impl Inner {
             })
             .collect()
     }
-
-    /// One order in a transaction of its own, and its own answer.
-    async fn confirm_alone(&self, req: &ConfirmRequest) -> Answer {
-        let (items, layout) = self.batch_items(&[req])?;
-        match self.transact(&client_token(&[req]), items).await? {
-            Transacted::Committed => Ok(ConfirmOutcome::Confirmed(req.order.clone())),
-            Transacted::Refused(codes) => {
-                let (counter_failed, own) = codes_by_order(&layout, &codes, 1);
-                self.explain_refusal(req, &own[0], counter_failed).await
-            }
-        }
-    }
-
-    /// Sends a transaction, retrying it while it only lost races on hot
-    /// items, was throttled, or its outcome is unknown.
-    ///
-    /// The retries are ours, not the SDK's (its retry is switched off for
-    /// this call), so every attempt's fate is known here: a retry carries
-    /// the same `ClientRequestToken`, so it can never apply twice, and an
-    /// attempt that may have committed is remembered. At the end, only an
-    /// explicit cancellation, or attempts that were all certainly never
-    /// applied (refused before sending, throttled, cancelled), make a
-    /// definite "not written"; anything else is uncertain.
-    async fn transact(
-        &self,
-        token: &str,
-        items: Vec<TransactWriteItem>,
-    ) -> Result<Transacted, LedgerError> {
-        let mut backoff = Duration::from_millis(5);
-        let mut maybe_applied: Option<String> = None;
-        let mut last = String::new();
-        for _ in 0..ATTEMPTS {
-            let result = self
-                .client
-                .transact_write_items()
-                .client_request_token(token)
-                .set_transact_items(Some(items.clone()))
-                .customize()
-                .config_override(
-                    aws_sdk_dynamodb::config::Builder::default()
-                        .retry_config(aws_sdk_dynamodb::config::retry::RetryConfig::disabled()),
-                )
-                .send()
-                .await;
-            let err = match result {
-                Ok(_) => return Ok(Transacted::Committed),
-                Err(e) => e,
-            };
-            match attempt_fate(&err) {
-                Fate::Refused(codes) => return Ok(Transacted::Refused(codes)),
-                Fate::NotApplied(why) => {
-                    common::metrics::counter(why).inc();
-                    last = why.to_owned();
-                }
-                Fate::MaybeApplied => {
-                    common::metrics::counter("ledger_uncertain_attempts_total").inc();
-                    let text = DisplayErrorContext(&err).to_string();
-                    last.clone_from(&text);
-                    maybe_applied = Some(text);
-                }
-                Fate::Invalid => {
-                    let text = DisplayErrorContext(&err).to_string();
-                    return Err(match maybe_applied {
-                        Some(earlier) => LedgerError::Uncertain(format!(
-                            "{text}, after an attempt that may have committed: {earlier}"
-                        )),
-                        None => LedgerError::Definite(text),
-                    });
-                }
-            }
-            tokio::time::sleep(jittered(backoff, 1.0)).await;
-            backoff = (backoff * 2).min(Duration::from_millis(200));
-        }
-        Err(match maybe_applied {
-            Some(earlier) => LedgerError::Uncertain(format!(
-                "transaction not confirmed after {ATTEMPTS} attempts; one may have committed: {earlier}"
-            )),
-            // Every attempt was cancelled, throttled or never sent.
-            None => LedgerError::Definite(format!(
-                "transaction not written after {ATTEMPTS} attempts ({last})"
-            )),
-        })
-    }
-}
-
-/// What one attempt of a transaction did, as far as its answer tells.
-enum Fate {
-    /// A condition failed: the cancellation reason of each item.
-    Refused(Vec<Option<String>>),
-    /// Certainly not applied, and worth another try (a conflict, a
-    /// throttle, a connection that was never made); the metric to count.
-    NotApplied(&'static str),
-    /// Perhaps applied: a timeout, a connection lost after sending, a 5xx,
-    /// the same token still in progress.
-    MaybeApplied,
-    /// Refused as malformed: no retry will do better.
-    Invalid,
-}
-
-fn attempt_fate(err: &SdkError<TransactWriteItemsError, HttpResponse>) -> Fate {
-    match err {
-        SdkError::ConstructionFailure(_) => Fate::Invalid,
-        SdkError::DispatchFailure(d) if never_connected(d.as_connector_error()) => {
-            Fate::NotApplied("ledger_unreachable_total")
-        }
-        SdkError::ServiceError(se) => match se.err() {
-            TransactWriteItemsError::TransactionCanceledException(c) => {
-                let codes: Vec<Option<String>> = c
-                    .cancellation_reasons()
-                    .iter()
-                    .map(|r| r.code().map(str::to_owned))
-                    .collect();
-                if codes.iter().any(|c| c.as_deref() == Some(CONDITION_FAILED)) {
-                    Fate::Refused(codes)
-                } else if codes
-                    .iter()
-                    .any(|c| c.as_deref() == Some("ThrottlingError"))
-                {
-                    Fate::NotApplied("ledger_throttled_total")
-                } else {
-                    // Cancelled for a conflict with a concurrent transaction
-                    // on one of its items: nothing was written.
-                    Fate::NotApplied("ledger_conflicts_total")
-                }
-            }
-            // An earlier attempt with this token is still running.
-            TransactWriteItemsError::TransactionInProgressException(_) => Fate::MaybeApplied,
-            TransactWriteItemsError::ProvisionedThroughputExceededException(_)
-            | TransactWriteItemsError::ThrottlingException(_)
-            | TransactWriteItemsError::RequestLimitExceeded(_) => {
-                Fate::NotApplied("ledger_throttled_total")
-            }
-            _ if se.raw().status().is_server_error() => Fate::MaybeApplied,
-            _ => Fate::Invalid,
-        },
-        _ => Fate::MaybeApplied,
-    }
-}
-
-/// Did the connection fail before a byte of the request was sent? (A
-/// refused connect, a DNS failure: hyper reports these as connect errors.)
-fn never_connected(e: Option<&aws_sdk_dynamodb::error::ConnectorError>) -> bool {
-    let mut source: Option<&(dyn std::error::Error + 'static)> = match e {
-        Some(e) => Some(e),
-        None => return false,
-    };
-    while let Some(err) = source {
-        if let Some(hyper) = err.downcast_ref::<hyper_util::client::legacy::Error>() {
-            return hyper.is_connect();
-        }
-        source = err.source();
-    }
-    false
 }
 
 fn fill(answers: &mut [Option<Answer>], live: &[usize], answer: impl Fn(usize) -> Answer) {
@@ -347,19 +253,4 @@ fn take_batch(queue: &mut Vec<Pending>) -> Vec<Pending> {
     }
     *queue = rest;
     batch
-}
-
-/// Makes a retried transaction (by the SDK after a timeout, or by us)
-/// idempotent for ten minutes: the same orders can never be written twice.
-fn client_token(batch: &[&ConfirmRequest]) -> String {
-    use sha2::{Digest, Sha256};
-    let mut digest = Sha256::new();
-    for req in batch {
-        digest.update(req.order.order_id.to_string());
-        digest.update(req.attempt.to_le_bytes());
-    }
-    digest.finalize()[..16]
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect()
 }

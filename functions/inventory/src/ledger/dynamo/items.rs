@@ -1,36 +1,44 @@
-//! The conditional transaction that writes an order: THIS is the ledger's
+//! The conditional transaction that writes orders: THIS is the ledger's
 //! half of "never oversell" (the gate's is `gate/gate.lua`).
 //!
-//! One order is four items, each with a condition, all or nothing:
+//! A batch of orders is one transaction, all or nothing:
 //!
-//! | # | item                        | condition                                              |
-//! |---|-----------------------------|--------------------------------------------------------|
-//! | 0 | `ORDER#<user>#<hold>` put    | no order there, or only the void of an *older* attempt |
-//! | 1 | `SALE` counter update        | `confirmed + q <= stock_total`, inside the sale window |
-//! | 2 | `USER#<user>` counter update | `confirmed + q <= per_user_limit`                      |
-//! | 3 | `IDEM#<key>` put (if keyed)  | the key names no order yet                             |
+//! | item                                  | condition                                              |
+//! |---------------------------------------|--------------------------------------------------------|
+//! | `STOCK` of each bucket charged        | `confirmed + units <= capacity`, inside the sale window |
+//! | per order: `ORDER#<user>#<hold>` put  | no order there, or only the void of an *older* attempt |
+//! | per order: `USER#<user>` update       | `confirmed + q <= per_user_limit`                      |
+//! | per order: `IDEM#<key>` put (if keyed) | the key names no order yet                             |
 //!
-//! A group-committed batch shares one sale-counter update (item 0 of the
-//! batch) and carries each order's other items after it; [`Layout`] says
-//! which order each item belongs to, so a refusal can be pinned on the
+//! The counters' capacities add up to the stock, so no plan of charges can
+//! make the ledger hold more than the stock. [`Layout`] says which order
+//! (or counter) each item belongs to, so a refusal can be pinned on the
 //! orders that caused it.
 
 use aws_sdk_dynamodb::types::{Put, TransactWriteItem, Update};
 
-use super::{
-    build_error, get_s, n, order_from_item, order_sk, s, sale_pk, time, ConfirmOutcome,
-    ConfirmRequest, Inner, LedgerError,
+use super::schema::{
+    bucket_pk, idem_pk, idem_sk, order_from_item, order_sk, user_sk, SaleLayout, STOCK_SK,
 };
+use super::stock::Plan;
+use super::{build_error, get_s, n, s, Inner};
+use crate::ledger::{ConfirmOutcome, ConfirmRequest, LedgerError};
 use crate::sale::{rfc3339, OrderId, SaleId};
 
-/// Which order of a batch each transaction item belongs to (`None`: the
-/// shared sale counter), and where it sits in that order's own layout.
-pub(super) struct Layout {
-    pub owners: Vec<Option<(usize, usize)>>,
+/// What each transaction item is: a bucket counter, or item `k` of the
+/// batch's order `i` (0 order, 1 user counter, 2 idempotency key).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Owner {
+    Counter(u16),
+    Order { i: usize, k: usize },
 }
 
-/// An order's own items at most: order, user counter, idempotency key.
-pub(super) const MAX_ORDER_ITEMS: usize = 3;
+pub(super) struct Layout {
+    pub owners: Vec<Owner>,
+}
+
+/// Items in one transaction at most (DynamoDB's limit).
+pub(super) const MAX_ITEMS: usize = 100;
 
 /// The cancellation code DynamoDB gives an item whose condition failed.
 pub(super) const CONDITION_FAILED: &str = "ConditionalCheckFailed";
@@ -39,23 +47,20 @@ fn failed_at(codes: &[Option<String>], i: usize) -> bool {
     codes.get(i).and_then(|c| c.as_deref()) == Some(CONDITION_FAILED)
 }
 
-/// `confirmed += qty` on the sale, only while that stays within the stock
-/// and every order of the write was taken inside the sale's window (by the
-/// gate's clock: `created_at` is when the gate granted the hold).
-struct SaleWrite<'a> {
-    sale: &'a SaleId,
-    qty: u64,
-    stock_total: u64,
-    earliest: String,
-    latest: String,
+/// An order's own items: how many it has.
+pub(super) fn own_item_count(req: &ConfirmRequest) -> usize {
+    2 + usize::from(req.order.idempotency_key.is_some())
 }
 
 impl Inner {
-    fn order_put(&self, req: &ConfirmRequest) -> Result<Put, LedgerError> {
+    fn order_put(&self, layout: SaleLayout, req: &ConfirmRequest) -> Result<Put, LedgerError> {
         let o = &req.order;
         let mut put = Put::builder()
             .table_name(&self.table)
-            .item("pk", s(sale_pk(o.sale_id())))
+            .item(
+                "pk",
+                s(bucket_pk(o.sale_id(), layout.user_bucket(&o.user_id))),
+            )
             .item("sk", s(order_sk(&o.user_id, &o.order_id.hold_id)))
             .item("status", s("confirmed"))
             .item("order_id", s(o.order_id.to_string()))
@@ -79,34 +84,49 @@ impl Inner {
         put.build().map_err(build_error)
     }
 
-    fn sale_update(&self, w: SaleWrite<'_>) -> Result<Update, LedgerError> {
+    /// `confirmed += units` on bucket k, only while that stays within its
+    /// capacity and every order of the batch was taken inside the window
+    /// (by the gate's clock: `created_at` is when the gate granted the hold).
+    fn counter_update(
+        &self,
+        sale: &SaleId,
+        layout: SaleLayout,
+        (k, units): (u16, u64),
+        (earliest, latest): (&str, &str),
+    ) -> Result<Update, LedgerError> {
         Update::builder()
             .table_name(&self.table)
-            .key("pk", s(sale_pk(w.sale)))
-            .key("sk", s("SALE"))
+            .key("pk", s(bucket_pk(sale, k)))
+            .key("sk", s(STOCK_SK))
             .update_expression("SET confirmed = confirmed + :q")
             .condition_expression(
                 "attribute_exists(pk) AND confirmed <= :max_before AND starts_at <= :earliest \
                  AND (attribute_not_exists(ends_at) OR ends_at > :latest)",
             )
-            .expression_attribute_values(":q", n(w.qty))
-            .expression_attribute_values(":max_before", n(w.stock_total as i64 - w.qty as i64))
+            .expression_attribute_values(":q", n(units))
+            .expression_attribute_values(":max_before", n(layout.capacity(k) as i64 - units as i64))
             // RFC 3339 in one fixed form (UTC, milliseconds) sorts as time.
-            .expression_attribute_values(":earliest", s(w.earliest))
-            .expression_attribute_values(":latest", s(w.latest))
+            .expression_attribute_values(":earliest", s(earliest))
+            .expression_attribute_values(":latest", s(latest))
             .build()
             .map_err(build_error)
     }
 
-    /// The order's own items: order, user counter, idempotency key (the
-    /// layout of one order without its sale counter).
-    fn own_items(&self, req: &ConfirmRequest) -> Result<Vec<TransactWriteItem>, LedgerError> {
+    /// The order's own items: order, user counter, idempotency key.
+    fn own_items(
+        &self,
+        layout: SaleLayout,
+        req: &ConfirmRequest,
+    ) -> Result<Vec<TransactWriteItem>, LedgerError> {
         let o = &req.order;
         let qty = u64::from(o.quantity);
         let user_update = Update::builder()
             .table_name(&self.table)
-            .key("pk", s(sale_pk(o.sale_id())))
-            .key("sk", s(format!("USER#{}", o.user_id)))
+            .key(
+                "pk",
+                s(bucket_pk(o.sale_id(), layout.user_bucket(&o.user_id))),
+            )
+            .key("sk", s(user_sk(&o.user_id)))
             .update_expression("SET confirmed = if_not_exists(confirmed, :zero) + :q")
             .condition_expression("attribute_not_exists(confirmed) OR confirmed <= :max_before")
             .expression_attribute_values(":zero", n(0))
@@ -119,15 +139,15 @@ impl Inner {
             .map_err(build_error)?;
         let mut items = vec![
             TransactWriteItem::builder()
-                .put(self.order_put(req)?)
+                .put(self.order_put(layout, req)?)
                 .build(),
             TransactWriteItem::builder().update(user_update).build(),
         ];
         if let Some(key) = &o.idempotency_key {
             let idem = Put::builder()
                 .table_name(&self.table)
-                .item("pk", s(format!("USER#{}", o.user_id)))
-                .item("sk", s(format!("IDEM#{key}")))
+                .item("pk", s(idem_pk(&o.user_id)))
+                .item("sk", s(idem_sk(key)))
                 .item("order_id", s(o.order_id.to_string()))
                 .condition_expression("attribute_not_exists(pk)")
                 .build()
@@ -137,71 +157,72 @@ impl Inner {
         Ok(items)
     }
 
-    /// One sale-counter update for the whole batch, then each order's own
-    /// items, and which order each item belongs to. A batch of one is the
-    /// single-order transaction of the table above (counter first).
+    /// The counters of the plan, then each order's own items, and which
+    /// order each item belongs to.
     pub(super) fn batch_items(
         &self,
+        layout: SaleLayout,
         batch: &[&ConfirmRequest],
+        plan: &Plan,
     ) -> Result<(Vec<TransactWriteItem>, Layout), LedgerError> {
         let first = batch
             .first()
             .ok_or_else(|| LedgerError::Definite("empty batch".into()))?;
+        let sale = first.order.sale_id();
         let created = batch.iter().map(|r| r.order.created_at);
-        let earliest = created.clone().min().unwrap_or(first.order.created_at);
-        let latest = created.max().unwrap_or(first.order.created_at);
-        let counter = self.sale_update(SaleWrite {
-            sale: first.order.sale_id(),
-            qty: batch.iter().map(|r| u64::from(r.order.quantity)).sum(),
-            stock_total: first.stock_total,
-            earliest: rfc3339(earliest),
-            latest: rfc3339(latest),
-        })?;
-        let mut items = vec![TransactWriteItem::builder().update(counter).build()];
-        let mut owners = vec![None];
+        let earliest = rfc3339(created.clone().min().unwrap_or(first.order.created_at));
+        let latest = rfc3339(created.max().unwrap_or(first.order.created_at));
+        let mut items = Vec::new();
+        let mut owners = Vec::new();
+        for &charge in &plan.charges {
+            let update = self.counter_update(sale, layout, charge, (&earliest, &latest))?;
+            items.push(TransactWriteItem::builder().update(update).build());
+            owners.push(Owner::Counter(charge.0));
+        }
         for (i, req) in batch.iter().enumerate() {
-            let own = self.own_items(req)?;
-            owners.extend((0..own.len()).map(|k| Some((i, k))));
+            let own = self.own_items(layout, req)?;
+            owners.extend((0..own.len()).map(|k| Owner::Order { i, k }));
             items.extend(own);
         }
-        debug_assert!(items.len() <= 1 + batch.len() * MAX_ORDER_ITEMS);
+        if items.len() > MAX_ITEMS {
+            return Err(LedgerError::Definite(format!(
+                "a transaction of {} items (at most {MAX_ITEMS})",
+                items.len()
+            )));
+        }
         Ok((items, Layout { owners }))
     }
 
     /// Why one order was refused, from the cancellation codes of its own
-    /// items (`own[k]`: 0 order, 1 user, 2 key) and whether the sale
-    /// counter failed; checked in order of meaning.
+    /// items (`own[k]`: 0 order, 1 user, 2 key), checked in order of
+    /// meaning; `None` if none of its own items refused.
     pub(super) async fn explain_refusal(
         &self,
+        layout: SaleLayout,
         req: &ConfirmRequest,
         own: &[Option<String>],
-        counter_failed: bool,
-    ) -> Result<ConfirmOutcome, LedgerError> {
+    ) -> Result<Option<ConfirmOutcome>, LedgerError> {
         let o = &req.order;
         if failed_at(own, 0) {
+            let pk = bucket_pk(o.sale_id(), layout.user_bucket(&o.user_id));
             let item = self
-                .get(
-                    sale_pk(o.sale_id()),
-                    order_sk(&o.user_id, &o.order_id.hold_id),
-                )
+                .get(pk, order_sk(&o.user_id, &o.order_id.hold_id))
                 .await?;
-            return Ok(match item.as_ref().and_then(order_from_item) {
+            return Ok(Some(match item.as_ref().and_then(order_from_item) {
                 Some(existing) => ConfirmOutcome::AlreadyConfirmed(existing),
                 None => ConfirmOutcome::Voided,
-            });
+            }));
         }
         if failed_at(own, 2) {
             if let Some(key) = &o.idempotency_key {
-                let idem = self
-                    .get(format!("USER#{}", o.user_id), format!("IDEM#{key}"))
-                    .await?;
+                let idem = self.get(idem_pk(&o.user_id), idem_sk(key)).await?;
                 let other = idem
                     .as_ref()
                     .and_then(|i| get_s(i, "order_id"))
                     .and_then(OrderId::parse);
                 if let Some(other) = other {
                     if let Some(existing) = self.get_order(&other, &o.user_id).await? {
-                        return Ok(ConfirmOutcome::KeyUsed(existing));
+                        return Ok(Some(ConfirmOutcome::KeyUsed(existing)));
                     }
                 }
                 return Err(LedgerError::Definite(format!(
@@ -209,58 +230,45 @@ impl Inner {
                 )));
             }
         }
-        if counter_failed {
-            return self.explain_counter(req).await;
-        }
         if failed_at(own, 1) {
-            return Ok(ConfirmOutcome::LimitReached);
+            return Ok(Some(ConfirmOutcome::LimitReached));
         }
-        Err(LedgerError::Definite(
-            "transaction refused for no stated reason".into(),
-        ))
-    }
-
-    /// The sale counter refused: the window, or the stock?
-    async fn explain_counter(&self, req: &ConfirmRequest) -> Result<ConfirmOutcome, LedgerError> {
-        let sale = self
-            .get(sale_pk(req.order.sale_id()), "SALE".into())
-            .await?;
-        let at = req.order.created_at;
-        let outside = sale.as_ref().is_some_and(|item| {
-            let starts = get_s(item, "starts_at").and_then(time);
-            let ends = get_s(item, "ends_at").and_then(time);
-            starts.is_some_and(|s| at < s) || ends.is_some_and(|e| at >= e)
-        });
-        Ok(if outside {
-            ConfirmOutcome::NotLive
-        } else {
-            ConfirmOutcome::SoldOut
-        })
+        Ok(None)
     }
 }
 
-/// Splits a cancelled batch's codes into the counter's and each order's own.
-pub(super) fn codes_by_order(
-    layout: &Layout,
-    codes: &[Option<String>],
-    orders: usize,
-) -> (bool, Vec<Vec<Option<String>>>) {
-    let mut own = vec![Vec::new(); orders];
-    let mut counter_failed = false;
-    for (i, owner) in layout.owners.iter().enumerate() {
-        let code = codes.get(i).cloned().flatten();
-        match owner {
-            None => counter_failed |= code.as_deref() == Some(CONDITION_FAILED),
-            Some((order, k)) => {
-                let slots = &mut own[*order];
-                if slots.len() <= *k {
+/// A cancelled batch's codes: the counters that refused, the counters that
+/// were contended, and each order's own codes.
+pub(super) struct Codes {
+    pub refused_counters: Vec<u16>,
+    pub contended_counters: Vec<u16>,
+    pub own: Vec<Vec<Option<String>>>,
+}
+
+pub(super) fn codes_by_order(layout: &Layout, codes: &[Option<String>], orders: usize) -> Codes {
+    let mut out = Codes {
+        refused_counters: Vec::new(),
+        contended_counters: Vec::new(),
+        own: vec![Vec::new(); orders],
+    };
+    for (idx, owner) in layout.owners.iter().enumerate() {
+        let code = codes.get(idx).cloned().flatten();
+        match *owner {
+            Owner::Counter(k) => match code.as_deref() {
+                Some(CONDITION_FAILED) => out.refused_counters.push(k),
+                Some("TransactionConflict") => out.contended_counters.push(k),
+                _ => {}
+            },
+            Owner::Order { i, k } => {
+                let slots = &mut out.own[i];
+                if slots.len() <= k {
                     slots.resize(k + 1, None);
                 }
-                slots[*k] = code;
+                slots[k] = code;
             }
         }
     }
-    (counter_failed, own)
+    out
 }
 
 /// Does this order's own part of a cancelled batch carry a failed condition?

@@ -1,53 +1,50 @@
-//! The ledger on DynamoDB: one table, one partition per sale.
+//! The ledger on DynamoDB: one table, a sale's writes spread over its
+//! buckets' partition keys.
 //!
-//! | pk              | sk                        | what                                  |
-//! |-----------------|---------------------------|---------------------------------------|
-//! | `SALE#<sale>`   | `SALE`                    | the sale, and its `confirmed` counter |
-//! | `SALE#<sale>`   | `USER#<user>`             | one user's `confirmed` units          |
-//! | `SALE#<sale>`   | `ORDER#<user>#<hold>`     | an order (`status` confirmed) or a void marker |
-//! | `USER#<user>`   | `IDEM#<key>`              | which order an Idempotency-Key made   |
-//!
-//! Orders carry `user_id` and `created_at`, which feed the `by_user` index
-//! used to list a user's orders across sales. Keeping a sale in one
-//! partition makes a rebuild one strongly consistent query.
-
-//! This file holds the schema, the reads and the void of a lapsed hold;
-//! [`items`] builds an order's conditional transaction and explains its
-//! refusals; [`group_commit`] batches the orders of a sale into few
-//! transactions and sends them.
+//! One idea per file:
+//! - [`schema`]: the table layout, its keys, `migrate`, and why it spreads;
+//! - [`stock`]: which bucket counters a batch of orders is charged to;
+//! - [`items`]: an order's conditional transaction, and its refusals explained;
+//! - [`group_commit`]: orders batched per sale into few transactions;
+//! - [`transact`]: one transaction sent, retried, and its fate judged;
+//! - [`reads`]: reads, pages of a sale's orders, a user's orders;
+//! - [`void`]: the void of a lapsed hold.
 
 mod group_commit;
 mod items;
+mod reads;
+mod schema;
+mod stock;
+mod transact;
+mod void;
+
+pub use self::schema::{DEFAULT_BUCKETS, MAX_BUCKETS};
 
 use std::collections::HashMap;
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, MutexGuard};
 
 use async_trait::async_trait;
 use aws_sdk_dynamodb::config::http::HttpResponse;
 use aws_sdk_dynamodb::error::{DisplayErrorContext, SdkError};
-use aws_sdk_dynamodb::types::{
-    AttributeDefinition, AttributeValue, BillingMode, GlobalSecondaryIndex, KeySchemaElement,
-    KeyType, Projection, ProjectionType, ScalarAttributeType,
-};
+use aws_sdk_dynamodb::types::{AttributeValue, Put, TransactWriteItem};
 use aws_sdk_dynamodb::Client;
 use chrono::{DateTime, Utc};
 
 use self::group_commit::Pending;
-use super::{ConfirmOutcome, ConfirmRequest, HoldTruth, Ledger, LedgerError};
+use self::schema::{bucket_pk, layout_of, sale_pk, SaleLayout, LAYOUT, STOCK_SK};
+use super::{ConfirmOutcome, ConfirmRequest, HoldTruth, Ledger, LedgerError, SalePage};
 use crate::gate::Hold;
-use crate::sale::{rfc3339, HoldId, Order, OrderId, SaleDefinition, SaleId};
+use crate::sale::{rfc3339, Order, OrderId, SaleDefinition, SaleId};
 
 type Item = HashMap<String, AttributeValue>;
 
 /// The ledger on DynamoDB. Cheap to clone.
 ///
-/// Every order of a sale also updates the sale's `confirmed` counter, one hot
-/// item; concurrent transactions on it conflict, and one item takes only so
-/// many writes a second. So order writes are *group-committed*: per sale, one
-/// transaction is in flight at a time, and the orders that arrive meanwhile
-/// go together in the next one (one counter update for all of them). At low
-/// load a batch is a single order and nothing waits; under a stampede the
-/// batches grow and throughput with them.
+/// Orders are *group-committed*: per sale, one transaction is in flight at
+/// a time per instance, and the orders that arrive meanwhile go together in
+/// the next one (one stock-counter update for all of them). At low load a
+/// batch is a single order and nothing waits; under a stampede the batches
+/// grow and throughput with them.
 #[derive(Clone)]
 pub struct DynamoLedger {
     inner: Arc<Inner>,
@@ -56,9 +53,20 @@ pub struct DynamoLedger {
 pub struct Inner {
     client: Client,
     table: String,
+    /// Buckets of the sales this instance creates.
+    new_sale_buckets: u16,
     /// Orders waiting for the next transaction of their sale. A sale is in
     /// the map exactly while a task is committing its orders.
     queues: Mutex<HashMap<SaleId, Vec<Pending>>>,
+    /// Each known sale's layout (fixed at creation, so cached for good).
+    layouts: Mutex<HashMap<SaleId, SaleLayout>>,
+    /// Per sale: what this instance believes each bucket has left, and the
+    /// bucket it charges first.
+    stock: Mutex<HashMap<SaleId, stock::Buckets>>,
+}
+
+pub(super) fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
 fn s(v: impl Into<String>) -> AttributeValue {
@@ -67,14 +75,6 @@ fn s(v: impl Into<String>) -> AttributeValue {
 
 fn n(v: impl ToString) -> AttributeValue {
     AttributeValue::N(v.to_string())
-}
-
-fn sale_pk(sale: &SaleId) -> String {
-    format!("SALE#{sale}")
-}
-
-fn order_sk(user_id: &str, hold: &HoldId) -> String {
-    format!("ORDER#{user_id}#{hold}")
 }
 
 fn get_s<'a>(item: &'a Item, name: &str) -> Option<&'a str> {
@@ -93,7 +93,7 @@ fn time(raw: &str) -> Option<DateTime<Utc>> {
 
 /// For reads and the void: a service error is a refusal, the request did
 /// nothing. A timeout, a lost connection or a 5xx leaves it unknown. (An
-/// order write is judged attempt by attempt: `group_commit::attempt_fate`.)
+/// order write is judged attempt by attempt: `transact::attempt_fate`.)
 fn classify<E>(e: SdkError<E, HttpResponse>) -> LedgerError
 where
     E: std::error::Error + Send + Sync + 'static,
@@ -115,40 +115,6 @@ fn build_error(e: impl std::fmt::Display) -> LedgerError {
     LedgerError::Definite(format!("building request: {e}"))
 }
 
-fn order_from_item(item: &Item) -> Option<Order> {
-    if get_s(item, "status")? != "confirmed" {
-        return None;
-    }
-    Some(Order {
-        order_id: OrderId::parse(get_s(item, "order_id")?)?,
-        user_id: get_s(item, "user_id")?.to_owned(),
-        quantity: get_n(item, "quantity")?,
-        created_at: time(get_s(item, "created_at")?)?,
-        idempotency_key: get_s(item, "idempotency_key").map(str::to_owned),
-    })
-}
-
-fn sale_from_item(sale_id: &SaleId, item: &Item) -> Option<SaleDefinition> {
-    Some(SaleDefinition {
-        sale_id: sale_id.clone(),
-        name: get_s(item, "name")?.to_owned(),
-        stock_total: get_n(item, "stock_total")?,
-        per_user_limit: get_n(item, "per_user_limit")?,
-        starts_at: time(get_s(item, "starts_at")?)?,
-        ends_at: get_s(item, "ends_at").and_then(time),
-        created_at: time(get_s(item, "created_at")?)?,
-        // Sales written before buckets existed are one bucket.
-        stock_buckets: get_n(item, "stock_buckets").unwrap_or(1),
-        waiting_room: get_n(item, "wr_admit_per_second").map(|rate| {
-            crate::waiting_room::RoomConfig {
-                admit_per_second: rate,
-                admission_ttl_seconds: get_n(item, "wr_admission_ttl_seconds")
-                    .unwrap_or(crate::waiting_room::DEFAULT_ADMISSION_TTL_SECS),
-            }
-        }),
-    })
-}
-
 impl std::ops::Deref for DynamoLedger {
     type Target = Inner;
     fn deref(&self) -> &Inner {
@@ -157,136 +123,66 @@ impl std::ops::Deref for DynamoLedger {
 }
 
 impl DynamoLedger {
+    /// A ledger creating sales of [`DEFAULT_BUCKETS`] buckets.
     pub fn new(client: Client, table: impl Into<String>) -> Self {
+        Self::with_buckets(client, table, DEFAULT_BUCKETS)
+    }
+
+    /// A ledger creating sales of `buckets` buckets (1 to [`MAX_BUCKETS`];
+    /// a sale never gets more buckets than units). Existing sales keep the
+    /// layout they were created with.
+    pub fn with_buckets(client: Client, table: impl Into<String>, buckets: u16) -> Self {
         Self {
             inner: Arc::new(Inner {
                 client,
                 table: table.into(),
+                new_sale_buckets: buckets.clamp(1, MAX_BUCKETS),
                 queues: Mutex::default(),
+                layouts: Mutex::default(),
+                stock: Mutex::default(),
             }),
         }
     }
 }
 
 impl Inner {
-    /// Creates the ledger table (and its `by_user` index) if it is absent.
-    pub async fn migrate(&self) -> anyhow::Result<bool> {
-        let attr = |name: &str| {
-            AttributeDefinition::builder()
-                .attribute_name(name)
-                .attribute_type(ScalarAttributeType::S)
-                .build()
-        };
-        let key = |name: &str, kind: KeyType| {
-            KeySchemaElement::builder()
-                .attribute_name(name)
-                .key_type(kind)
-                .build()
-        };
-        let create = self
-            .client
-            .create_table()
-            .billing_mode(BillingMode::PayPerRequest)
-            .attribute_definitions(attr("pk")?)
-            .attribute_definitions(attr("sk")?)
-            .attribute_definitions(attr("user_id")?)
-            .attribute_definitions(attr("created_at")?)
-            .key_schema(key("pk", KeyType::Hash)?)
-            .key_schema(key("sk", KeyType::Range)?)
-            .global_secondary_indexes(
-                GlobalSecondaryIndex::builder()
-                    .index_name("by_user")
-                    .key_schema(key("user_id", KeyType::Hash)?)
-                    .key_schema(key("created_at", KeyType::Range)?)
-                    .projection(
-                        Projection::builder()
-                            .projection_type(ProjectionType::All)
-                            .build(),
-                    )
-                    .build()?,
-            );
-        common::backends::create_table_if_absent(&self.client, &self.table, create).await
-    }
-
-    async fn get_order(
-        &self,
-        order_id: &OrderId,
-        user_id: &str,
-    ) -> Result<Option<Order>, LedgerError> {
-        let item = self
-            .get(
-                sale_pk(&order_id.sale_id),
-                order_sk(user_id, &order_id.hold_id),
-            )
-            .await?;
-        Ok(item.as_ref().and_then(order_from_item))
-    }
-
-    async fn get(&self, pk: String, sk: String) -> Result<Option<Item>, LedgerError> {
-        self.client
-            .get_item()
-            .table_name(&self.table)
-            .key("pk", s(pk))
-            .key("sk", s(sk))
-            .consistent_read(true)
-            .send()
-            .await
-            .map(|out| out.item)
-            .map_err(classify)
-    }
-
-    /// All items of a query, following pagination.
-    async fn query_all(
-        &self,
-        index: Option<&str>,
-        key_condition: &str,
-        values: Vec<(&str, AttributeValue)>,
-    ) -> Result<Vec<Item>, LedgerError> {
-        let mut items = Vec::new();
-        let mut start: Option<Item> = None;
-        loop {
-            let mut q = self
-                .client
-                .query()
-                .table_name(&self.table)
-                .key_condition_expression(key_condition)
-                .filter_expression("#status = :confirmed")
-                .expression_attribute_names("#status", "status")
-                .expression_attribute_values(":confirmed", s("confirmed"))
-                .set_exclusive_start_key(start.take());
-            for (name, value) in &values {
-                q = q.expression_attribute_values(*name, value.clone());
-            }
-            q = match index {
-                Some(index) => q.index_name(index),
-                None => q.consistent_read(true),
-            };
-            let out = q.send().await.map_err(classify)?;
-            items.extend(out.items.unwrap_or_default());
-            match out.last_evaluated_key {
-                Some(key) if !key.is_empty() => start = Some(key),
-                _ => return Ok(items),
-            }
+    /// The sale's layout, from the cache or its item; `None` if there is no
+    /// such sale. A sale of the old layout is an error: see `schema`.
+    async fn layout(&self, sale: &SaleId) -> Result<Option<SaleLayout>, LedgerError> {
+        if let Some(l) = lock(&self.layouts).get(sale) {
+            return Ok(Some(*l));
         }
+        let Some(item) = self.get(sale_pk(sale), "SALE".into()).await? else {
+            return Ok(None);
+        };
+        let layout = layout_of(&item).ok_or_else(|| {
+            tracing::error!(sale_id = %sale, "sale written by the old one-partition ledger layout: its orders are not read and none are written; create the sale again");
+            LedgerError::Definite(format!(
+                "sale {sale} uses ledger layout 1; this version reads and writes layout {LAYOUT} only"
+            ))
+        })?;
+        lock(&self.layouts).insert(sale.clone(), layout);
+        Ok(Some(layout))
     }
-}
 
-#[async_trait]
-impl Ledger for DynamoLedger {
-    async fn create_sale(&self, sale: &SaleDefinition) -> Result<bool, LedgerError> {
-        let mut put = self
-            .client
-            .put_item()
+    /// The sale item and one counter per bucket, all or nothing.
+    fn sale_items(
+        &self,
+        sale: &SaleDefinition,
+        layout: SaleLayout,
+    ) -> Result<Vec<TransactWriteItem>, LedgerError> {
+        let mut put = Put::builder()
             .table_name(&self.table)
             .item("pk", s(sale_pk(&sale.sale_id)))
             .item("sk", s("SALE"))
+            .item("layout", n(LAYOUT))
+            .item("ledger_buckets", n(layout.buckets))
             .item("name", s(&sale.name))
             .item("stock_total", n(sale.stock_total))
             .item("per_user_limit", n(sale.per_user_limit))
             .item("stock_buckets", n(sale.stock_buckets))
             .item("starts_at", s(rfc3339(sale.starts_at)))
             .item("created_at", s(rfc3339(sale.created_at)))
-            .item("confirmed", n(0))
             .condition_expression("attribute_not_exists(pk)");
         if let Some(end) = sale.ends_at {
             put = put.item("ends_at", s(rfc3339(end)));
@@ -296,13 +192,61 @@ impl Ledger for DynamoLedger {
                 .item("wr_admit_per_second", n(room.admit_per_second))
                 .item("wr_admission_ttl_seconds", n(room.admission_ttl_seconds));
         }
-        match put.send().await {
-            Ok(_) => Ok(true),
+        let mut items = vec![TransactWriteItem::builder()
+            .put(put.build().map_err(build_error)?)
+            .build()];
+        for k in 0..layout.buckets {
+            let mut counter = Put::builder()
+                .table_name(&self.table)
+                .item("pk", s(bucket_pk(&sale.sale_id, k)))
+                .item("sk", s(STOCK_SK))
+                .item("capacity", n(layout.capacity(k)))
+                .item("confirmed", n(0))
+                .item("starts_at", s(rfc3339(sale.starts_at)))
+                .condition_expression("attribute_not_exists(pk)");
+            if let Some(end) = sale.ends_at {
+                counter = counter.item("ends_at", s(rfc3339(end)));
+            }
+            items.push(
+                TransactWriteItem::builder()
+                    .put(counter.build().map_err(build_error)?)
+                    .build(),
+            );
+        }
+        Ok(items)
+    }
+}
+
+#[async_trait]
+impl Ledger for DynamoLedger {
+    async fn create_sale(&self, sale: &SaleDefinition) -> Result<bool, LedgerError> {
+        let layout = SaleLayout::for_new_sale(sale, self.new_sale_buckets);
+        let result = self
+            .client
+            .transact_write_items()
+            .set_transact_items(Some(self.sale_items(sale, layout)?))
+            .send()
+            .await;
+        match result {
+            Ok(_) => {
+                lock(&self.layouts).insert(sale.sale_id.clone(), layout);
+                Ok(true)
+            }
             Err(e)
                 if e.as_service_error()
-                    .is_some_and(|s| s.is_conditional_check_failed_exception()) =>
+                    .is_some_and(|s| s.is_transaction_canceled_exception()) =>
             {
-                Ok(false)
+                // Taken already (the sale item's condition), or a race with
+                // another create of the same id: either way, the id is used
+                // unless nothing is there (then the caller may try again).
+                match self.get(sale_pk(&sale.sale_id), "SALE".into()).await? {
+                    Some(_) => Ok(false),
+                    None => Err(LedgerError::Definite(format!(
+                        "creating sale {} was cancelled: {}",
+                        sale.sale_id,
+                        DisplayErrorContext(e)
+                    ))),
+                }
             }
             Err(e) => Err(classify(e)),
         }
@@ -312,18 +256,18 @@ impl Ledger for DynamoLedger {
         let item = self.get(sale_pk(sale_id), "SALE".into()).await?;
         match item {
             None => Ok(None),
-            Some(item) => sale_from_item(sale_id, &item)
+            Some(item) => schema::sale_from_item(sale_id, &item)
                 .map(Some)
                 .ok_or_else(|| LedgerError::Definite(format!("sale item {sale_id} is malformed"))),
         }
     }
 
     async fn confirmed_units(&self, sale_id: &SaleId) -> Result<u64, LedgerError> {
-        let item = self.get(sale_pk(sale_id), "SALE".into()).await?;
-        Ok(item
-            .as_ref()
-            .and_then(|i| get_n(i, "confirmed"))
-            .unwrap_or(0))
+        let Some(layout) = self.layout(sale_id).await? else {
+            return Ok(0);
+        };
+        let counters = self.read_counters(sale_id, layout).await?;
+        Ok(counters.iter().map(|c| c.confirmed).sum())
     }
 
     async fn confirm(&self, req: &ConfirmRequest) -> Result<ConfirmOutcome, LedgerError> {
@@ -331,56 +275,7 @@ impl Ledger for DynamoLedger {
     }
 
     async fn resolve(&self, sale_id: &SaleId, hold: &Hold) -> Result<HoldTruth, LedgerError> {
-        let pk = sale_pk(sale_id);
-        let sk = order_sk(&hold.user_id, &hold.hold_id);
-        // A void replaces only the void of an older attempt (or repeats its
-        // own): a late void of an older attempt must never overwrite a newer
-        // one, or the newer attempt's order could be written after all.
-        let result = self
-            .client
-            .put_item()
-            .table_name(&self.table)
-            .item("pk", s(&pk))
-            .item("sk", s(&sk))
-            .item("status", s("void"))
-            .item("attempt", n(hold.expires_ms))
-            .condition_expression(
-                "attribute_not_exists(pk) OR (#status = :void AND attempt <= :attempt)",
-            )
-            .expression_attribute_names("#status", "status")
-            .expression_attribute_values(":void", s("void"))
-            .expression_attribute_values(":attempt", n(hold.expires_ms))
-            .send()
-            .await;
-        match result {
-            Ok(_) => Ok(HoldTruth::Voided),
-            Err(e)
-                if e.as_service_error()
-                    .is_some_and(|s| s.is_conditional_check_failed_exception()) =>
-            {
-                let item = self.get(pk, sk).await?;
-                match item.as_ref() {
-                    Some(item) if get_s(item, "status") == Some("void") => {
-                        // A newer attempt was voided: this older one can
-                        // never be written either (`items::order_put`).
-                        Ok(HoldTruth::Voided)
-                    }
-                    Some(item) => {
-                        order_from_item(item)
-                            .map(HoldTruth::Confirmed)
-                            .ok_or_else(|| {
-                                LedgerError::Uncertain(
-                                    "order item unreadable while resolving".into(),
-                                )
-                            })
-                    }
-                    None => Err(LedgerError::Uncertain(
-                        "order changed while resolving its hold".into(),
-                    )),
-                }
-            }
-            Err(e) => Err(classify(e)),
-        }
+        self.void(sale_id, hold).await
     }
 
     async fn order(&self, order_id: &OrderId, user_id: &str) -> Result<Option<Order>, LedgerError> {
@@ -392,41 +287,29 @@ impl Ledger for DynamoLedger {
         user_id: &str,
         sale_id: Option<&SaleId>,
     ) -> Result<Vec<Order>, LedgerError> {
-        let items = match sale_id {
-            Some(sale) => {
-                self.query_all(
-                    None,
-                    "pk = :pk AND begins_with(sk, :prefix)",
-                    vec![
-                        (":pk", s(sale_pk(sale))),
-                        (":prefix", s(format!("ORDER#{user_id}#"))),
-                    ],
-                )
-                .await?
-            }
-            None => {
-                self.query_all(
-                    Some("by_user"),
-                    "user_id = :user",
-                    vec![(":user", s(user_id))],
-                )
-                .await?
-            }
-        };
-        let mut orders: Vec<Order> = items.iter().filter_map(order_from_item).collect();
-        orders.sort_by_key(|o| o.created_at);
-        Ok(orders)
+        self.orders_of_user(user_id, sale_id).await
     }
 
     async fn sale_orders(&self, sale_id: &SaleId) -> Result<Vec<Order>, LedgerError> {
-        let items = self
-            .query_all(
-                None,
-                "pk = :pk AND begins_with(sk, :prefix)",
-                vec![(":pk", s(sale_pk(sale_id))), (":prefix", s("ORDER#"))],
-            )
-            .await?;
-        Ok(items.iter().filter_map(order_from_item).collect())
+        let mut all = Vec::new();
+        let mut after: Option<String> = None;
+        loop {
+            let page = self.page(sale_id, after.as_deref(), 1000).await?;
+            all.extend(page.orders);
+            match page.next {
+                Some(next) => after = Some(next),
+                None => return Ok(all),
+            }
+        }
+    }
+
+    async fn sale_orders_page(
+        &self,
+        sale_id: &SaleId,
+        after: Option<&str>,
+        limit: usize,
+    ) -> Result<SalePage, LedgerError> {
+        self.page(sale_id, after, limit).await
     }
 
     async fn ready(&self) -> Result<(), String> {

@@ -1,0 +1,242 @@
+//! Reads: single items, the bucket counters, a sale's orders page by page,
+//! a user's orders. Everything a checkout or a rebuild depends on is read
+//! strongly consistent; only the cross-sale `by_user` index is not (an
+//! index cannot be).
+
+use std::collections::HashMap;
+
+use aws_sdk_dynamodb::types::{AttributeValue, KeysAndAttributes};
+
+use super::schema::{bucket_pk, key, order_from_item, order_sk, SaleLayout, STOCK_SK};
+use super::stock::Counter;
+use super::{classify, get_n, s, Inner, Item};
+use crate::ledger::{LedgerError, SalePage};
+use crate::sale::{Order, OrderId, SaleId};
+
+/// Where a page of a sale's orders continues: the bucket, and the last
+/// sort key read in it (`None`: the bucket from its start).
+#[derive(serde::Serialize, serde::Deserialize)]
+struct Cursor {
+    bucket: u16,
+    after: Option<String>,
+}
+
+impl Inner {
+    pub(super) async fn get(&self, pk: String, sk: String) -> Result<Option<Item>, LedgerError> {
+        self.client
+            .get_item()
+            .table_name(&self.table)
+            .set_key(Some(key(pk, sk)))
+            .consistent_read(true)
+            .send()
+            .await
+            .map(|out| out.item)
+            .map_err(classify)
+    }
+
+    /// Every bucket counter of the sale, in bucket order, in one strongly
+    /// consistent batch read (B ≤ 99 < the 100 keys of one call), reading
+    /// again what DynamoDB left unprocessed.
+    pub(super) async fn read_counters(
+        &self,
+        sale: &SaleId,
+        layout: SaleLayout,
+    ) -> Result<Vec<Counter>, LedgerError> {
+        let mut keys: Vec<Item> = (0..layout.buckets)
+            .map(|k| key(bucket_pk(sale, k), STOCK_SK.into()))
+            .collect();
+        let mut found: HashMap<String, Counter> = HashMap::new();
+        for _ in 0..10 {
+            if keys.is_empty() {
+                break;
+            }
+            let request = KeysAndAttributes::builder()
+                .set_keys(Some(std::mem::take(&mut keys)))
+                .consistent_read(true)
+                .build()
+                .map_err(super::build_error)?;
+            let out = self
+                .client
+                .batch_get_item()
+                .request_items(&self.table, request)
+                .send()
+                .await
+                .map_err(classify)?;
+            for item in out
+                .responses
+                .and_then(|mut r| r.remove(&self.table))
+                .unwrap_or_default()
+            {
+                let pk = super::get_s(&item, "pk").unwrap_or_default().to_owned();
+                found.insert(
+                    pk,
+                    Counter {
+                        capacity: get_n(&item, "capacity").unwrap_or(0),
+                        confirmed: get_n(&item, "confirmed").unwrap_or(0),
+                    },
+                );
+            }
+            keys = out
+                .unprocessed_keys
+                .and_then(|mut u| u.remove(&self.table))
+                .map(|k| k.keys)
+                .unwrap_or_default();
+        }
+        (0..layout.buckets)
+            .map(|k| {
+                found.remove(&bucket_pk(sale, k)).ok_or_else(|| {
+                    LedgerError::Uncertain(format!("stock counter {k} of sale {sale} not read"))
+                })
+            })
+            .collect()
+    }
+
+    /// One query of one partition: confirmed items whose sort key starts
+    /// with `prefix`, after `start`, at most `limit` evaluated; and where
+    /// the next query would start (`None`: the partition is done).
+    async fn query_page(
+        &self,
+        pk: String,
+        prefix: &str,
+        start: Option<String>,
+        limit: usize,
+    ) -> Result<(Vec<Item>, Option<String>), LedgerError> {
+        let out = self
+            .client
+            .query()
+            .table_name(&self.table)
+            .key_condition_expression("pk = :pk AND begins_with(sk, :prefix)")
+            .filter_expression("#status = :confirmed")
+            .expression_attribute_names("#status", "status")
+            .expression_attribute_values(":pk", s(&pk))
+            .expression_attribute_values(":prefix", s(prefix))
+            .expression_attribute_values(":confirmed", s("confirmed"))
+            .set_exclusive_start_key(start.map(|sk| key(pk, sk)))
+            .limit(limit.clamp(1, 1000) as i32)
+            .consistent_read(true)
+            .send()
+            .await
+            .map_err(classify)?;
+        let next = out
+            .last_evaluated_key
+            .as_ref()
+            .and_then(|k| k.get("sk"))
+            .and_then(|v| v.as_s().ok())
+            .cloned();
+        Ok((out.items.unwrap_or_default(), next))
+    }
+
+    /// Up to `limit` confirmed orders of the sale after the cursor: the
+    /// buckets' partitions one after another, each in key order.
+    pub(super) async fn page(
+        &self,
+        sale: &SaleId,
+        after: Option<&str>,
+        limit: usize,
+    ) -> Result<SalePage, LedgerError> {
+        let Some(layout) = self.layout(sale).await? else {
+            return Ok(SalePage::default());
+        };
+        let mut cursor = match after {
+            None => Cursor {
+                bucket: 0,
+                after: None,
+            },
+            Some(raw) => serde_json::from_str(raw)
+                .map_err(|_| LedgerError::Definite(format!("not a page cursor: {raw}")))?,
+        };
+        let limit = limit.max(1);
+        let mut orders = Vec::new();
+        while orders.len() < limit && cursor.bucket < layout.buckets {
+            let (items, next) = self
+                .query_page(
+                    bucket_pk(sale, cursor.bucket),
+                    "ORDER#",
+                    cursor.after.take(),
+                    limit - orders.len(),
+                )
+                .await?;
+            orders.extend(items.iter().filter_map(order_from_item));
+            match next {
+                Some(sk) => cursor.after = Some(sk),
+                None => cursor.bucket += 1,
+            }
+        }
+        let next = (cursor.bucket < layout.buckets)
+            .then(|| serde_json::to_string(&cursor))
+            .transpose()
+            .map_err(|e| LedgerError::Definite(format!("page cursor: {e}")))?;
+        Ok(SalePage { orders, next })
+    }
+
+    pub(super) async fn get_order(
+        &self,
+        order_id: &OrderId,
+        user_id: &str,
+    ) -> Result<Option<Order>, LedgerError> {
+        let Some(layout) = self.layout(&order_id.sale_id).await? else {
+            return Ok(None);
+        };
+        let pk = bucket_pk(&order_id.sale_id, layout.user_bucket(user_id));
+        let item = self.get(pk, order_sk(user_id, &order_id.hold_id)).await?;
+        Ok(item.as_ref().and_then(order_from_item))
+    }
+
+    /// A user's orders in one sale (their bucket's partition, strongly
+    /// consistent), or in all (the `by_user` index).
+    pub(super) async fn orders_of_user(
+        &self,
+        user_id: &str,
+        sale: Option<&SaleId>,
+    ) -> Result<Vec<Order>, LedgerError> {
+        let mut items = Vec::new();
+        match sale {
+            Some(sale) => {
+                let Some(layout) = self.layout(sale).await? else {
+                    return Ok(Vec::new());
+                };
+                let pk = bucket_pk(sale, layout.user_bucket(user_id));
+                let prefix = format!("ORDER#{user_id}#");
+                let mut start = None;
+                loop {
+                    let (page, next) = self.query_page(pk.clone(), &prefix, start, 1000).await?;
+                    items.extend(page);
+                    match next {
+                        Some(sk) => start = Some(sk),
+                        None => break,
+                    }
+                }
+            }
+            None => items = self.by_user_index(user_id).await?,
+        }
+        let mut orders: Vec<Order> = items.iter().filter_map(order_from_item).collect();
+        orders.sort_by_key(|o| o.created_at);
+        Ok(orders)
+    }
+
+    async fn by_user_index(&self, user_id: &str) -> Result<Vec<Item>, LedgerError> {
+        let mut items = Vec::new();
+        let mut start: Option<HashMap<String, AttributeValue>> = None;
+        loop {
+            let out = self
+                .client
+                .query()
+                .table_name(&self.table)
+                .index_name("by_user")
+                .key_condition_expression("user_id = :user")
+                .filter_expression("#status = :confirmed")
+                .expression_attribute_names("#status", "status")
+                .expression_attribute_values(":user", s(user_id))
+                .expression_attribute_values(":confirmed", s("confirmed"))
+                .set_exclusive_start_key(start.take())
+                .send()
+                .await
+                .map_err(classify)?;
+            items.extend(out.items.unwrap_or_default());
+            match out.last_evaluated_key {
+                Some(k) if !k.is_empty() => start = Some(k),
+                _ => return Ok(items),
+            }
+        }
+    }
+}
