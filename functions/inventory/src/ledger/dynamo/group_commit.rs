@@ -177,9 +177,14 @@ impl Inner {
                 }
                 Ok(Transacted::Contended(codes)) => {
                     let codes = codes_by_order(&item_layout, &codes, now.len());
-                    self.contended(&sale, layout, &codes.contended_counters);
-                    tokio::time::sleep(jittered(backoff, 1.0)).await;
-                    backoff = (backoff * 2).min(Duration::from_millis(200));
+                    if self.contended(&sale, layout, &codes.contended_counters) {
+                        // Charged elsewhere next: no reason to wait, only
+                        // to part from whoever else just chose the same.
+                        tokio::time::sleep(jittered(Duration::from_millis(1), 1.0)).await;
+                    } else {
+                        tokio::time::sleep(jittered(backoff, 1.0)).await;
+                        backoff = (backoff * 2).min(Duration::from_millis(200));
+                    }
                 }
                 Ok(Transacted::Refused(codes)) => {
                     let codes = codes_by_order(&item_layout, &codes, now.len());

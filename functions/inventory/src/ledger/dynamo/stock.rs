@@ -152,6 +152,11 @@ impl Inner {
                 let r = &mut b.room[usize::from(k)];
                 *r = r.saturating_sub(units);
             }
+            // Home ran dry: a random one next, not the neighbour every
+            // committer spills into.
+            if b.room[usize::from(b.home)] == 0 {
+                b.home = b.elsewhere();
+            }
         });
     }
 
@@ -176,14 +181,16 @@ impl Inner {
     }
 
     /// Another transaction wrote one of these counters at the same time:
-    /// go elsewhere next time.
-    pub(super) fn contended(&self, sale: &SaleId, layout: SaleLayout, counters: &[u16]) {
+    /// go elsewhere next time. Whether home moved.
+    pub(super) fn contended(&self, sale: &SaleId, layout: SaleLayout, counters: &[u16]) -> bool {
         self.with_buckets(sale, layout, |b| {
+            let before = b.home;
             if counters.contains(&b.home) {
                 b.home = b.elsewhere();
                 common::metrics::counter("ledger_bucket_moves_total").inc();
             }
-        });
+            b.home != before
+        })
     }
 }
 
