@@ -22,7 +22,7 @@ const SWEEP_WIDTH: usize = 32;
 pub(super) const EARLY_RESOLVES: usize = 16;
 /// Orders a rebuild or a reconcile reads from the ledger at a time: all of
 /// a sale an instance holds in memory at once, however big the sale.
-pub const REBUILD_PAGE: usize = 1_000;
+const REBUILD_PAGE: usize = 1_000;
 /// A loader's lease on a sale, renewed by every page it loads. If it dies,
 /// another instance takes the load over this long after its last page.
 const LOAD_LEASE: Duration = Duration::from_secs(10);
