@@ -293,34 +293,49 @@ elseif op == 'begin' then
 elseif op == 'load' then
   -- ARGV: token lease_ms mode n, then n triples of confirmed orders. Counts
   -- those this bucket has no record of, renewing the lease; -1 (nothing
-  -- done) unless `token` is the bucket's loader. One code per order, as
-  -- adopt_parts, plus 'u' for a user part. Modes: whole (a sale of one
-  -- bucket: all of each order here, room or not), home (the users' home
-  -- bucket: all here if the room allows, else their count only, 'u', and
-  -- the loader places the stock elsewhere), stock / force (stock parts
-  -- of users at home elsewhere: where the room allows / regardless).
-  if not is_loader(ARGV[2]) then return -1 end
-  redis.call('HSET', SALE, 'lease', now_ms() + tonumber(ARGV[3]))
+  -- done) unless `token` is the bucket's loader. Modes: whole (a sale of
+  -- one bucket: all of each order here, room or not), home (the users'
+  -- home bucket: all here if the room allows, else their count only, and
+  -- the loader places the stock elsewhere), stock / force (stock parts of
+  -- users at home elsewhere: where the room allows / regardless). One code
+  -- per order: '1' (counted), 'u' (the user's count only), '0' (no room)
+  -- or '-' (a record exists: counted already).
+  -- The hot loop of a rebuild, so lean: HSETNX checks and writes the
+  -- record in one call, and the sale's counters move once per call.
+  local f = redis.call('HMGET', SALE, 'loader', 'remaining')
+  if f[1] ~= ARGV[2] then return -1 end
+  local remaining = tonumber(f[2])
+  local taken = 0
   local mode = ARGV[4]
-  if mode == 'stock' or mode == 'force' then
-    return adopt_parts(5, 'k', mode == 'force')
-  end
   local n = tonumber(ARGV[5])
   local out = {}
   for i = 0, n - 1 do
     local id, user, qty = ARGV[6 + i * 3], ARGV[7 + i * 3], tonumber(ARGV[8 + i * 3])
-    local code = '-'
-    if redis.call('HEXISTS', HOLDS, id) == 0 then
-      if mode == 'whole' or has_room(qty) then
-        adopt(id, user, qty, '')
-        code = '1'
-      else
-        adopt(id, user, qty, 'u')
-        code = 'u'
+    local room = mode == 'whole' or mode == 'force' or remaining >= qty
+    local part, code = '', '1'
+    if mode == 'stock' or mode == 'force' then
+      part = 'k'
+    elseif not room then
+      part, code = 'u', 'u'
+    end
+    if part == 'k' and not room then
+      code = redis.call('HEXISTS', HOLDS, id) == 1 and '-' or '0'
+    elseif redis.call('HSETNX', HOLDS, id, record('s', part, qty, qty, 0, user)) == 0 then
+      code = '-'
+    else
+      if part ~= 'u' then
+        remaining = remaining - qty
+        taken = taken + qty
       end
+      if part ~= 'k' then redis.call('HINCRBY', USERS, user, qty) end
     end
     out[#out + 1] = code
   end
+  if taken > 0 then
+    redis.call('HINCRBY', SALE, 'remaining', -taken)
+    redis.call('HINCRBY', SALE, 'confirmed', taken)
+  end
+  redis.call('HSET', SALE, 'lease', now_ms() + tonumber(ARGV[3]))
   return table.concat(out)
 
 elseif op == 'finish' then
