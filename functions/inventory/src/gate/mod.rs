@@ -176,7 +176,8 @@ pub trait StockGate: Send + Sync + 'static {
     /// a settle meanwhile, or in an earlier page) is not counted again.
     /// Done in calls of bounded size, whatever the page's. `false` if the
     /// lease is lost (another loader took over, or the sale was forgotten):
-    /// then nothing of this call was counted, and the caller stops.
+    /// then the caller stops, and whatever it counted goes with the sale
+    /// (the new loader begins each bucket afresh before reading the ledger).
     async fn load_page(
         &self,
         sale: &SaleDefinition,
