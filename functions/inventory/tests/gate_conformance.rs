@@ -1,4 +1,5 @@
-//! One suite, every `StockGate`: Redis (the real one) and memory.
+//! One suite, every `StockGate`: Redis (the real one) and memory. (A sale
+//! loaded in chunks: `gate_loading.rs`; split into buckets: `gate_buckets.rs`.)
 
 mod support;
 

@@ -79,7 +79,9 @@ impl Inventory {
                     self.remember_refusal(&sale.sale_id, InventoryError::NotLive, ENDED_CACHE);
                     return Err(InventoryError::NotLive);
                 }
-                HoldOutcome::Missing => self.rebuild(&sale).await?,
+                // Lost, or being loaded: load it or wait for its loader
+                // (bounded: 503 if it takes longer), then try again.
+                HoldOutcome::Missing | HoldOutcome::Loading => self.rebuild(&sale).await?,
                 HoldOutcome::Exists(HoldState::Settled { .. }) => {
                     return self.replay(&sale.sale_id, &hold_id, user_id, &req).await;
                 }

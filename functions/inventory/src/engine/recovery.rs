@@ -5,9 +5,11 @@
 
 use std::time::Duration;
 
+use tokio::time::Instant;
+
 use super::{due, lock, Breakdown, BucketBreakdown, Inventory, Result, SweepReport};
 use crate::error::InventoryError;
-use crate::gate::{GateSnapshot, Hold};
+use crate::gate::{GateSnapshot, Hold, LoadLease, LoadStart};
 use crate::ledger::{as_settled_hold, HoldTruth};
 use crate::sale::{jittered, rfc3339, SaleDefinition, SaleId};
 use crate::waiting_room::StockLevel;
@@ -18,49 +20,147 @@ const SWEEP_BATCH: usize = 500;
 const SWEEP_WIDTH: usize = 32;
 /// Early resolves of uncertain checkouts running at once per instance.
 pub(super) const EARLY_RESOLVES: usize = 16;
+/// Orders a rebuild or a reconcile reads from the ledger at a time: all of
+/// a sale an instance holds in memory at once, however big the sale.
+const REBUILD_PAGE: usize = 1_000;
+/// A loader's lease on a sale, renewed by every page it loads. If it dies,
+/// another instance takes the load over this long after its last page.
+const LOAD_LEASE: Duration = Duration::from_secs(10);
+/// The longest pause between two looks at a sale another instance loads.
+const LOAD_POLL_MAX: Duration = Duration::from_millis(250);
 
 impl Inventory {
+    /// The sale's counters, loading it from the ledger first if the gate
+    /// lost it, or waiting for the load if one is under way.
     pub(super) async fn snapshot_or_rebuild(&self, sale: &SaleDefinition) -> Result<GateSnapshot> {
-        if let Some(s) = self.inner.gate.snapshot(&sale.sale_id).await? {
-            return Ok(s);
+        match self.inner.gate.snapshot(&sale.sale_id).await? {
+            Some(s) if !s.loading => return Ok(s),
+            _ => self.rebuild(sale).await?,
         }
-        self.rebuild(sale).await?;
-        self.inner
-            .gate
-            .snapshot(&sale.sale_id)
-            .await?
-            .ok_or_else(|| InventoryError::Unavailable("gate lost the sale again".into()))
+        match self.inner.gate.snapshot(&sale.sale_id).await? {
+            Some(s) if !s.loading => Ok(s),
+            _ => Err(InventoryError::Unavailable(
+                "gate lost the sale again".into(),
+            )),
+        }
     }
 
     /// Every bucket's counters, rebuilding the sale (or the buckets it
     /// lost) from the ledger first if need be.
     async fn buckets_or_rebuild(&self, sale: &SaleDefinition) -> Result<Vec<GateSnapshot>> {
-        if let Some(b) = self.inner.gate.bucket_snapshots(&sale.sale_id).await? {
-            return Ok(b);
+        let loaded = |b: &Option<Vec<GateSnapshot>>| {
+            b.as_ref().is_some_and(|b| b.iter().all(|s| !s.loading))
+        };
+        let buckets = self.inner.gate.bucket_snapshots(&sale.sale_id).await?;
+        if loaded(&buckets) {
+            return Ok(buckets.unwrap_or_default());
         }
         self.rebuild(sale).await?;
-        self.inner
-            .gate
-            .bucket_snapshots(&sale.sale_id)
-            .await?
-            .ok_or_else(|| InventoryError::Unavailable("gate lost the sale again".into()))
+        let buckets = self.inner.gate.bucket_snapshots(&sale.sale_id).await?;
+        if loaded(&buckets) {
+            return Ok(buckets.unwrap_or_default());
+        }
+        Err(InventoryError::Unavailable(
+            "gate lost the sale again".into(),
+        ))
     }
 
-    /// Reloads a sale the gate does not have (Redis restarted empty) from
-    /// the ledger: the sale and every confirmed order, in one atomic load.
-    /// Orders confirmed while this runs are adopted when they settle.
+    /// Makes sure the gate has the sale loaded: loads it from the ledger
+    /// if no one is, or waits for the instance that is. The wait is bounded
+    /// by the ledger timeout (a checkout waiting for a rebuild waits no
+    /// longer than for the ledger itself), then the answer is `503`; the
+    /// load goes on without the caller (in a task of its own, so a request
+    /// cancelled midway does not cancel it), and a later request finds the
+    /// sale loaded. Where tasks are frozen between requests
+    /// (`inline_upkeep`), the load runs inside the request that begins it.
     pub(super) async fn rebuild(&self, sale: &SaleDefinition) -> Result<()> {
+        let deadline = Instant::now() + self.inner.config.ledger_timeout;
+        let mut pause = Duration::from_millis(20);
+        loop {
+            let loaded = match self.inner.gate.bucket_snapshots(&sale.sale_id).await? {
+                Some(buckets) => buckets.iter().all(|s| !s.loading),
+                None => false,
+            };
+            if loaded {
+                return Ok(());
+            }
+            // Where this process loads a sale already, or is about to,
+            // watch the gate rather than queue up behind it.
+            let idle = self.inner.rebuilding.try_lock().is_ok();
+            if idle && self.load_or_join(sale, deadline).await? {
+                return Ok(());
+            }
+            if Instant::now() + pause >= deadline {
+                return Err(InventoryError::Unavailable(
+                    "the sale is being loaded from the ledger".into(),
+                ));
+            }
+            tokio::time::sleep(pause).await;
+            pause = (pause * 2).min(LOAD_POLL_MAX);
+        }
+    }
+
+    /// One attempt at loading the sale, waited for until `deadline`:
+    /// `true` once it is loaded, `false` while another loader has it.
+    async fn load_or_join(&self, sale: &SaleDefinition, deadline: Instant) -> Result<bool> {
+        let this = self.clone();
+        let sale = sale.clone();
+        let attempt = async move { this.load_once(&sale).await };
+        if self.inner.config.inline_upkeep {
+            return attempt.await;
+        }
+        match tokio::time::timeout_at(deadline, tokio::spawn(attempt)).await {
+            Ok(Ok(loaded)) => loaded,
+            Ok(Err(e)) => Err(InventoryError::Unavailable(format!("rebuild failed: {e}"))),
+            Err(_) => Err(InventoryError::Unavailable(
+                "the sale is still being loaded from the ledger".into(),
+            )),
+        }
+    }
+
+    /// Begins loading the sale (one loader at a time per process, and one
+    /// per sale among all by the gate's lease) and, if this instance is the
+    /// loader, loads it.
+    async fn load_once(&self, sale: &SaleDefinition) -> Result<bool> {
         let _one_at_a_time = self.inner.rebuilding.lock().await;
-        if self.inner.gate.snapshot(&sale.sale_id).await?.is_some() {
-            return Ok(()); // someone else just did it
+        let lease_ms = LOAD_LEASE.as_millis() as i64;
+        match self.inner.gate.begin_load(sale, lease_ms).await? {
+            LoadStart::Loaded => Ok(true),
+            LoadStart::Busy => Ok(false),
+            LoadStart::Begun(lease) => self.load_pages(sale, &lease).await,
         }
-        let orders = self.inner.ledger.sale_orders(&sale.sale_id).await?;
-        let holds: Vec<Hold> = orders.iter().map(as_settled_hold).collect();
-        if self.inner.gate.load(sale, &holds).await? {
-            common::metrics::counter("gate_rebuilds_total").inc();
-            tracing::warn!(sale_id = %sale.sale_id, orders = orders.len(), "gate rebuilt from the ledger");
+    }
+
+    /// Feeds the ledger's confirmed orders to the gate a page at a time.
+    /// Orders confirmed meanwhile are counted by their settle if no page
+    /// carries them, and once if both do. `false` if the lease was lost (a
+    /// page took longer than the lease and another instance took over).
+    async fn load_pages(&self, sale: &SaleDefinition, lease: &LoadLease) -> Result<bool> {
+        let (gate, ledger) = (&self.inner.gate, &self.inner.ledger);
+        let started = std::time::Instant::now();
+        let mut after: Option<String> = None;
+        let mut orders = 0usize;
+        loop {
+            let page = ledger
+                .sale_orders_page(&sale.sale_id, after.as_deref(), REBUILD_PAGE)
+                .await?;
+            let holds: Vec<Hold> = page.orders.iter().map(as_settled_hold).collect();
+            orders += holds.len();
+            if !gate.load_page(sale, lease, &holds).await? {
+                tracing::warn!(sale_id = %sale.sale_id, orders, "lost the lease on loading the sale; another instance loads it");
+                return Ok(false);
+            }
+            match page.next {
+                Some(next) => after = Some(next),
+                None => break,
+            }
         }
-        Ok(())
+        if !gate.finish_load(sale, lease).await? {
+            return Ok(false);
+        }
+        common::metrics::counter("gate_rebuilds_total").inc();
+        tracing::warn!(sale_id = %sale.sale_id, orders, took_ms = started.elapsed().as_millis() as u64, "gate rebuilt from the ledger");
+        Ok(true)
     }
 
     // ------------------------------------------------------------ upkeep
@@ -204,19 +304,36 @@ impl Inventory {
 
     /// Brings the gate in line with the ledger: resolves lapsed holds,
     /// rebuilds the sale if the gate lost it, and counts every confirmed
-    /// order the gate does not know. Safe at any time, on a live sale.
+    /// order the gate does not know, reading the ledger a page at a time.
+    /// Safe at any time, on a live sale.
     pub async fn reconcile(&self, sale_id: &SaleId) -> Result<Breakdown> {
         let sale = self.definition(sale_id).await?;
         self.snapshot_or_rebuild(&sale).await?;
         self.sweep(sale_id).await?;
-        let orders = self.inner.ledger.sale_orders(sale_id).await?;
-        let holds: Vec<Hold> = orders.iter().map(as_settled_hold).collect();
-        match self.inner.gate.settle(sale_id, &holds).await? {
-            Some(adopted) if adopted > 0 => {
-                tracing::warn!(%sale_id, adopted, "reconcile counted orders the gate had missed")
+        let mut after: Option<String> = None;
+        let mut adopted = 0;
+        loop {
+            let page = self
+                .inner
+                .ledger
+                .sale_orders_page(sale_id, after.as_deref(), REBUILD_PAGE)
+                .await?;
+            let holds: Vec<Hold> = page.orders.iter().map(as_settled_hold).collect();
+            match self.inner.gate.settle(sale_id, &holds).await? {
+                Some(n) => adopted += n,
+                // Lost meanwhile: the rebuild reads every page itself.
+                None => {
+                    self.rebuild(&sale).await?;
+                    break;
+                }
             }
-            Some(_) => {}
-            None => self.rebuild(&sale).await?,
+            match page.next {
+                Some(next) => after = Some(next),
+                None => break,
+            }
+        }
+        if adopted > 0 {
+            tracing::warn!(%sale_id, adopted, "reconcile counted orders the gate had missed");
         }
         self.breakdown(sale_id).await
     }

@@ -19,8 +19,7 @@
 //!   any (a *stock part*), giving the user part back if none has.
 //! * `409 sold_out` therefore means every bucket was empty when asked.
 
-use crate::gate::Hold;
-use crate::sale::{SaleDefinition, SaleId};
+use crate::sale::SaleId;
 
 /// Hash slots in a Redis Cluster.
 const SLOTS: u32 = 16_384;
@@ -85,52 +84,10 @@ fn part_of(slot: u32, n: u32) -> u32 {
     slot * n / SLOTS
 }
 
-/// What a rebuild loads into one bucket: orders whose stock and user both
-/// live here, user parts (stock elsewhere) and stock parts (user elsewhere).
-#[derive(Debug, Default, Clone, PartialEq, Eq)]
-pub struct BucketLoad {
-    pub whole: Vec<Hold>,
-    pub user_parts: Vec<Hold>,
-    pub stock_parts: Vec<Hold>,
-}
-
-/// Places confirmed orders in buckets for a rebuild: each order's user
-/// count at the user's home, its stock at home while the home bucket's
-/// share lasts, else in the next bucket with room. Deterministic (orders
-/// are taken in hold-id order), so two instances rebuilding at once plan
-/// the same placement.
-pub fn place_confirmed(sale: &SaleDefinition, layout: &Layout, orders: &[Hold]) -> Vec<BucketLoad> {
-    let n = layout.buckets();
-    let mut room: Vec<i64> = (0..n).map(|b| sale.bucket_share(b) as i64).collect();
-    let mut loads = vec![BucketLoad::default(); usize::from(n)];
-    let mut sorted: Vec<&Hold> = orders.iter().collect();
-    sorted.sort_by(|a, b| a.hold_id.as_str().cmp(b.hold_id.as_str()));
-    for order in sorted {
-        let qty = i64::from(order.quantity);
-        let home = layout.home(&order.user_id);
-        if room[usize::from(home)] >= qty || n == 1 {
-            room[usize::from(home)] -= qty;
-            loads[usize::from(home)].whole.push(order.clone());
-            continue;
-        }
-        // The ledger never holds more than the stock, so some bucket has
-        // room; if it somehow does not, the next one carries the excess
-        // (it shows as negative remaining until reconciled).
-        let stock = layout
-            .others(home)
-            .find(|b| room[usize::from(*b)] >= qty)
-            .unwrap_or((home + 1) % n);
-        room[usize::from(stock)] -= qty;
-        loads[usize::from(home)].user_parts.push(order.clone());
-        loads[usize::from(stock)].stock_parts.push(order.clone());
-    }
-    loads
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::sale::HoldId;
+    use crate::sale::SaleDefinition;
 
     fn sale_id(s: &str) -> SaleId {
         SaleId::parse(s).unwrap()
@@ -192,54 +149,5 @@ mod tests {
             .unwrap();
         let shares: Vec<u64> = (0..3).map(|b| sale.bucket_share(b)).collect();
         assert_eq!(shares, [4, 3, 3]);
-    }
-
-    #[test]
-    fn a_rebuild_places_every_unit_once_within_the_shares() {
-        let sale = SaleDefinition::new("s", "S", 30, Some(3), None, None, chrono::Utc::now())
-            .unwrap()
-            .with_stock_buckets(3)
-            .unwrap();
-        let layout = Layout::new(&sale.sale_id, 3);
-        // Everyone at home in one bucket: the others must take the excess.
-        let crowd: Vec<Hold> = (0..200)
-            .map(|i| format!("u{i}"))
-            .filter(|u| layout.home(u) == 0)
-            .take(15)
-            .map(|user_id| Hold {
-                hold_id: HoldId::random(),
-                user_id,
-                quantity: 2,
-                expires_ms: 0,
-            })
-            .collect();
-        assert_eq!(crowd.len(), 15);
-        let loads = place_confirmed(&sale, &layout, &crowd);
-        let stock_in = |b: usize| -> u32 {
-            loads[b]
-                .whole
-                .iter()
-                .chain(&loads[b].stock_parts)
-                .map(|h| h.quantity)
-                .sum()
-        };
-        let users_in = |b: usize| -> u32 {
-            loads[b]
-                .whole
-                .iter()
-                .chain(&loads[b].user_parts)
-                .map(|h| h.quantity)
-                .sum()
-        };
-        for b in 0..3 {
-            assert!(u64::from(stock_in(b)) <= sale.bucket_share(b as u16), "{b}");
-        }
-        assert_eq!((0..3).map(stock_in).sum::<u32>(), 30);
-        assert_eq!(users_in(0), 30, "every user counted at home");
-        assert_eq!(
-            place_confirmed(&sale, &layout, &crowd),
-            loads,
-            "deterministic"
-        );
     }
 }

@@ -11,6 +11,7 @@
   Redis Cluster slot (a sale of one bucket: tag {sale}; more buckets, each
   on a shard of its own: see gate/buckets.rs):
     KEYS[1] fs:{tag}:sale    hash  total limit starts ends remaining held confirmed [buckets]
+                                   [loader lease: while loading, see 'begin']
     KEYS[2] fs:{tag}:users   hash  user_id -> units held + confirmed (users at home here)
     KEYS[3] fs:{tag}:holds   hash  hold_id -> "<state><part>|qty|expires_ms|user"
     KEYS[4] fs:{tag}:expiry  zset  hold_id scored by expires_ms (held only)
@@ -116,9 +117,15 @@ local function settle(first)
   return adopted
 end
 
+-- Whether the bucket has `qty` units left.
+local function has_room(qty)
+  return tonumber(redis.call('HGET', SALE, 'remaining')) >= qty
+end
+
 -- Adopts n triples from ARGV[first] on as `part`; stock parts only where
--- the stock allows (unless forced). Returns one '1' (adopted) or '0' (not:
--- no room, or a record exists already) per order.
+-- the stock allows (unless forced). Returns one code per order: '1'
+-- (adopted), '0' (no room) or '-' (a record exists already: whoever made
+-- it places the rest of the order).
 local function adopt_parts(first, part, force)
   local n = tonumber(ARGV[first])
   local out = {}
@@ -126,14 +133,22 @@ local function adopt_parts(first, part, force)
     local id = ARGV[first + 1 + i * 3]
     local user = ARGV[first + 2 + i * 3]
     local qty = tonumber(ARGV[first + 3 + i * 3])
-    local ok = redis.call('HEXISTS', HOLDS, id) == 0
-    if ok and part ~= 'u' and not force then
-      ok = tonumber(redis.call('HGET', SALE, 'remaining')) >= qty
+    local code = '-'
+    if redis.call('HEXISTS', HOLDS, id) == 0 then
+      code = '0'
+      if part == 'u' or force or has_room(qty) then
+        adopt(id, user, qty, part)
+        code = '1'
+      end
     end
-    if ok then adopt(id, user, qty, part) end
-    out[#out + 1] = ok and '1' or '0'
+    out[#out + 1] = code
   end
-  return table.concat(out), first + 1 + n * 3
+  return table.concat(out)
+end
+
+-- Whether `token` is the loader of this bucket (which is loading).
+local function is_loader(token)
+  return redis.call('HGET', SALE, 'loader') == token
 end
 
 local op = ARGV[1]
@@ -147,11 +162,12 @@ if op == 'hold' then
   local id, user, qty = ARGV[2], ARGV[3], tonumber(ARGV[4])
   local existing = redis.call('HGET', HOLDS, id)
   if existing then return {'exists', existing} end
-  local f = redis.call('HMGET', SALE, 'remaining', 'held', 'limit', 'starts', 'ends')
+  local f = redis.call('HMGET', SALE, 'remaining', 'held', 'limit', 'starts', 'ends', 'loader')
   if not f[1] then return {'missing'} end
   local now = now_ms()
   if now < tonumber(f[4]) then return {'upcoming'} end
   if now >= tonumber(f[5]) then return {'ended'} end
+  if f[6] then return {'loading'} end
   local expires = now + tonumber(ARGV[5])
   if tonumber(f[1]) < qty then
     if ARGV[6] ~= '1' then return {'sold_out', f[2], f[1]} end
@@ -188,11 +204,12 @@ elseif op == 'take' then
   local id, user, want = ARGV[2], ARGV[3], tonumber(ARGV[4])
   local existing = redis.call('HGET', HOLDS, id)
   if existing then return {'exists', existing} end
-  local f = redis.call('HMGET', SALE, 'remaining', 'held', 'starts', 'ends')
+  local f = redis.call('HMGET', SALE, 'remaining', 'held', 'starts', 'ends', 'loader')
   if not f[1] then return {'missing'} end
   local now = now_ms()
   if now < tonumber(f[3]) then return {'upcoming'} end
   if now >= tonumber(f[4]) then return {'ended'} end
+  if f[5] then return {'loading'} end
   local qty = math.min(want, tonumber(f[1]))
   if qty <= 0 then return {'sold_out', f[2], f[1]} end
   redis.call('HINCRBY', SALE, 'remaining', -qty)
@@ -218,8 +235,7 @@ elseif op == 'adopt' then
   if redis.call('EXISTS', SALE) == 0 then return -1 end
   local part = ARGV[2]
   if part == 'b' then part = '' end
-  local codes = adopt_parts(4, part, ARGV[3] == '1')
-  return codes
+  return adopt_parts(4, part, ARGV[3] == '1')
 
 elseif op == 'settle' then
   -- ARGV: n, then n triples of hold_id user_id qty
@@ -247,22 +263,85 @@ elseif op == 'release' then
   if part == 'u' or part == 'p' then return 2 elseif part == 'k' then return 3 end
   return 1
 
-elseif op == 'load' then
-  -- ARGV: total limit starts ends n, then n triples of confirmed orders
-  -- [buckets, then three lists (n + triples each): orders all here, user
-  -- parts, stock parts]. `total` is this bucket's share of the stock.
-  -- Only loads a bucket the gate does not have: a live one is never clobbered.
-  if redis.call('EXISTS', SALE) == 1 then return 0 end
-  redis.call('DEL', USERS, HOLDS, EXPIRY)
-  redis.call('HSET', SALE, 'total', ARGV[2], 'limit', ARGV[3], 'starts', ARGV[4], 'ends', ARGV[5],
-    'remaining', ARGV[2], 'held', 0, 'confirmed', 0)
-  settle(6)
-  local next_arg = 7 + tonumber(ARGV[6]) * 3
-  if ARGV[next_arg] then
-    redis.call('HSET', SALE, 'buckets', ARGV[next_arg])
-    local _, after_users = adopt_parts(next_arg + 1, 'u', true)
-    adopt_parts(after_users, 'k', true)
+elseif op == 'begin' then
+  -- ARGV: token lease_ms total limit starts ends buckets arbiter replace.
+  -- Creates this bucket empty and loading, for the loader `token` (see
+  -- gate/mod.rs). The arbiter (bucket 0) decides who loads: it answers
+  -- 'loaded' for a loaded sale (unless told to replace it: another bucket
+  -- was lost) and 'busy' while another loader's lease is live; a lapsed
+  -- lease is taken over, the half-loaded sale wiped. The other buckets are
+  -- begun by the loader after the arbiter said 'begun'. UNLINK, not DEL:
+  -- the holds of a big sale are freed off the main thread.
+  local now = now_ms()
+  if ARGV[9] == '1' then
+    local f = redis.call('HMGET', SALE, 'total', 'loader', 'lease')
+    if f[1] then
+      if not f[2] then
+        if ARGV[10] ~= '1' then return 'loaded' end
+      elseif tonumber(f[3] or '0') > now then
+        return 'busy'
+      end
+    end
   end
+  redis.call('UNLINK', SALE, USERS, HOLDS, EXPIRY)
+  redis.call('HSET', SALE, 'total', ARGV[4], 'limit', ARGV[5], 'starts', ARGV[6], 'ends', ARGV[7],
+    'remaining', ARGV[4], 'held', 0, 'confirmed', 0,
+    'loader', ARGV[2], 'lease', now + tonumber(ARGV[3]))
+  if tonumber(ARGV[8]) > 1 then redis.call('HSET', SALE, 'buckets', ARGV[8]) end
+  return 'begun'
+
+elseif op == 'load' then
+  -- ARGV: token lease_ms mode n, then n triples of confirmed orders. Counts
+  -- those this bucket has no record of, renewing the lease; -1 (nothing
+  -- done) unless `token` is the bucket's loader. Modes: whole (a sale of
+  -- one bucket: all of each order here, room or not), home (the users'
+  -- home bucket: all here if the room allows, else their count only, and
+  -- the loader places the stock elsewhere), stock / force (stock parts of
+  -- users at home elsewhere: where the room allows / regardless). One code
+  -- per order: '1' (counted), 'u' (the user's count only), '0' (no room)
+  -- or '-' (a record exists: counted already).
+  -- The hot loop of a rebuild, so lean: HSETNX checks and writes the
+  -- record in one call, and the sale's counters move once per call.
+  local f = redis.call('HMGET', SALE, 'loader', 'remaining')
+  if f[1] ~= ARGV[2] then return -1 end
+  local remaining = tonumber(f[2])
+  local taken = 0
+  local mode = ARGV[4]
+  local n = tonumber(ARGV[5])
+  local out = {}
+  for i = 0, n - 1 do
+    local id, user, qty = ARGV[6 + i * 3], ARGV[7 + i * 3], tonumber(ARGV[8 + i * 3])
+    local room = mode == 'whole' or mode == 'force' or remaining >= qty
+    local part, code = '', '1'
+    if mode == 'stock' or mode == 'force' then
+      part = 'k'
+    elseif not room then
+      part, code = 'u', 'u'
+    end
+    if part == 'k' and not room then
+      code = redis.call('HEXISTS', HOLDS, id) == 1 and '-' or '0'
+    elseif redis.call('HSETNX', HOLDS, id, record('s', part, qty, qty, 0, user)) == 0 then
+      code = '-'
+    else
+      if part ~= 'u' then
+        remaining = remaining - qty
+        taken = taken + qty
+      end
+      if part ~= 'k' then redis.call('HINCRBY', USERS, user, qty) end
+    end
+    out[#out + 1] = code
+  end
+  if taken > 0 then
+    redis.call('HINCRBY', SALE, 'remaining', -taken)
+    redis.call('HINCRBY', SALE, 'confirmed', taken)
+  end
+  redis.call('HSET', SALE, 'lease', now_ms() + tonumber(ARGV[3]))
+  return table.concat(out)
+
+elseif op == 'finish' then
+  -- ARGV: token. Opens the bucket for holds; 0 unless `token` loads it.
+  if not is_loader(ARGV[2]) then return 0 end
+  redis.call('HDEL', SALE, 'loader', 'lease')
   return 1
 
 elseif op == 'buckets' then
@@ -297,10 +376,11 @@ elseif op == 'claim' then
   return out
 
 elseif op == 'snapshot' then
-  local f = redis.call('HMGET', SALE, 'total', 'remaining', 'held', 'confirmed')
+  local f = redis.call('HMGET', SALE, 'total', 'remaining', 'held', 'confirmed', 'loader')
   if not f[1] then return {} end
   local oldest = redis.call('ZRANGE', EXPIRY, 0, 0, 'WITHSCORES')
-  return {f[1], f[2], f[3], f[4], tostring(redis.call('ZCARD', EXPIRY)), oldest[2] or ''}
+  return {f[1], f[2], f[3], f[4], tostring(redis.call('ZCARD', EXPIRY)), oldest[2] or '',
+    f[5] and '1' or '0'}
 end
 
 return redis.error_reply('unknown gate operation ' .. tostring(op))

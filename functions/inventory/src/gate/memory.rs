@@ -6,7 +6,9 @@ use std::sync::{Mutex, MutexGuard};
 
 use async_trait::async_trait;
 
-use super::{GateError, GateSnapshot, Hold, HoldOutcome, HoldState, StockGate};
+use super::{
+    GateError, GateSnapshot, Hold, HoldOutcome, HoldState, LoadLease, LoadStart, StockGate,
+};
 use crate::sale::{now_ms, HoldId, SaleDefinition, SaleId};
 
 #[derive(Default)]
@@ -24,6 +26,8 @@ struct SaleGate {
     /// the end of a sweeper's claim on them (`score` is that instant).
     expiry: BTreeSet<(i64, HoldId)>,
     score: HashMap<HoldId, i64>,
+    /// While the sale loads: its loader's token and when its lease lapses.
+    loader: Option<(String, i64)>,
 }
 
 impl SaleGate {
@@ -90,28 +94,84 @@ impl MemoryGate {
             Err(poisoned) => poisoned.into_inner(),
         }
     }
+
+    /// The sale, if `lease` is its loader's; renews the lease.
+    fn loading<'a>(
+        sales: &'a mut HashMap<SaleId, SaleGate>,
+        sale: &SaleId,
+        lease: &LoadLease,
+    ) -> Option<&'a mut SaleGate> {
+        let gate = sales.get_mut(sale)?;
+        match &mut gate.loader {
+            Some((token, until)) if *token == lease.token => {
+                *until = now_ms() + lease.lease_ms;
+                Some(gate)
+            }
+            _ => None,
+        }
+    }
 }
 
 #[async_trait]
 impl StockGate for MemoryGate {
-    async fn load(&self, sale: &SaleDefinition, confirmed: &[Hold]) -> Result<bool, GateError> {
+    async fn begin_load(
+        &self,
+        sale: &SaleDefinition,
+        lease_ms: i64,
+    ) -> Result<LoadStart, GateError> {
+        let now = now_ms();
         let mut sales = self.sales();
-        if sales.contains_key(&sale.sale_id) {
-            return Ok(false);
+        match sales.get(&sale.sale_id).map(|g| &g.loader) {
+            Some(None) => return Ok(LoadStart::Loaded),
+            Some(Some((_, until))) if *until > now => return Ok(LoadStart::Busy),
+            _ => {}
         }
         let total = sale.stock_total as i64;
-        let mut gate = SaleGate {
+        let lease = LoadLease {
+            token: ulid::Ulid::new().to_string(),
+            lease_ms,
+        };
+        let gate = SaleGate {
             total,
             limit: i64::from(sale.per_user_limit),
             starts_ms: sale.starts_ms(),
             ends_ms: sale.ends_ms(),
             remaining: total,
+            loader: Some((lease.token.clone(), now + lease_ms)),
             ..SaleGate::default()
         };
-        for order in confirmed {
-            gate.settle(order);
-        }
         sales.insert(sale.sale_id.clone(), gate);
+        Ok(LoadStart::Begun(lease))
+    }
+
+    async fn load_page(
+        &self,
+        sale: &SaleDefinition,
+        lease: &LoadLease,
+        orders: &[Hold],
+    ) -> Result<bool, GateError> {
+        let mut sales = self.sales();
+        let Some(gate) = Self::loading(&mut sales, &sale.sale_id, lease) else {
+            return Ok(false);
+        };
+        for order in orders {
+            if !gate.holds.contains_key(&order.hold_id) {
+                gate.adopt(order);
+            }
+        }
+        Ok(true)
+    }
+
+    async fn finish_load(
+        &self,
+        sale: &SaleDefinition,
+        lease: &LoadLease,
+    ) -> Result<bool, GateError> {
+        let mut sales = self.sales();
+        let Some(gate) = Self::loading(&mut sales, &sale.sale_id, lease) else {
+            return Ok(false);
+        };
+        gate.loader = None;
         Ok(true)
     }
 
@@ -136,6 +196,9 @@ impl StockGate for MemoryGate {
         }
         if now_ms >= gate.ends_ms {
             return Ok(HoldOutcome::Ended);
+        }
+        if gate.loader.is_some() {
+            return Ok(HoldOutcome::Loading);
         }
         let qty = i64::from(quantity);
         if gate.remaining < qty {
@@ -244,6 +307,7 @@ impl StockGate for MemoryGate {
             confirmed: g.confirmed,
             open_holds: g.expiry.len() as u64,
             oldest_expiry_ms: g.expiry.first().map(|(e, _)| *e),
+            loading: g.loader.is_some(),
         }))
     }
 

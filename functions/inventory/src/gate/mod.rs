@@ -12,6 +12,15 @@
 //! [`MemoryGate`] (embedded mode, one process: a sale is one pool however
 //! many buckets it names). Both pass the same conformance suite
 //! (`tests/gate_conformance.rs`).
+//!
+//! A sale the gate lost is loaded back from the ledger in pages, never in
+//! one call, so a sale of a million orders neither blocks Redis nor sits
+//! in one process' memory at once: [`StockGate::begin_load`] creates the
+//! sale empty and *loading* under a lease (one loader among all instances),
+//! [`StockGate::load_page`] counts a page of confirmed orders, and
+//! [`StockGate::finish_load`] opens the sale. While it loads, holds are
+//! refused with [`HoldOutcome::Loading`]; settling works (an order confirmed
+//! meanwhile is adopted, and the page that carries it too counts it once).
 
 pub mod buckets;
 mod memory;
@@ -53,7 +62,38 @@ pub enum HoldOutcome {
     Missing,
     /// A hold with this id exists already: an Idempotency-Key replay.
     Exists(HoldState),
+    /// The sale is being loaded from the ledger (by this instance or
+    /// another): wait for the load and try again.
+    Loading,
 }
+
+/// What [`StockGate::begin_load`] found.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum LoadStart {
+    /// The caller is the sale's loader: it feeds the ledger's pages to
+    /// `load_page` under this lease, then calls `finish_load`.
+    Begun(LoadLease),
+    /// The gate has the sale, loaded.
+    Loaded,
+    /// Another caller is loading it, and its lease is live.
+    Busy,
+}
+
+/// One loader's claim on loading a sale. Every page loaded renews it; once
+/// it lapses (the loader died), the next `begin_load` wipes the half-loaded
+/// sale and begins again, and the old loader's calls are refused.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LoadLease {
+    /// Tells this loader apart from one that took over after it.
+    pub token: String,
+    /// How long the lease lasts after the last call that renewed it.
+    pub lease_ms: i64,
+}
+
+/// The lease of a load done in one call ([`StockGate::load`]).
+pub const LOAD_LEASE_MS: i64 = 10_000;
+/// Orders of one page `load` passes to `load_page`.
+const LOAD_PAGE: usize = 1_000;
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum HoldState {
@@ -70,6 +110,8 @@ pub struct GateSnapshot {
     pub confirmed: i64,
     pub open_holds: u64,
     pub oldest_expiry_ms: Option<i64>,
+    /// The sale is being loaded: the counters are not complete yet.
+    pub loading: bool,
 }
 
 impl GateSnapshot {
@@ -82,6 +124,7 @@ impl GateSnapshot {
             confirmed: buckets.iter().map(|b| b.confirmed).sum(),
             open_holds: buckets.iter().map(|b| b.open_holds).sum(),
             oldest_expiry_ms: buckets.iter().filter_map(|b| b.oldest_expiry_ms).min(),
+            loading: buckets.iter().any(|b| b.loading),
         }
     }
 
@@ -97,8 +140,57 @@ pub struct GateError(pub String);
 #[async_trait]
 pub trait StockGate: Send + Sync + 'static {
     /// Loads a sale the gate does not have, counting `confirmed` orders as
-    /// sold. Returns `false` (and changes nothing) if the gate has it already.
-    async fn load(&self, sale: &SaleDefinition, confirmed: &[Hold]) -> Result<bool, GateError>;
+    /// sold: the chunked protocol below, run by one caller that has every
+    /// order at hand (a new sale, tests). Returns `false` (and changes
+    /// nothing) if the gate has the sale already or another caller is
+    /// loading it.
+    async fn load(&self, sale: &SaleDefinition, confirmed: &[Hold]) -> Result<bool, GateError> {
+        let lease = match self.begin_load(sale, LOAD_LEASE_MS).await? {
+            LoadStart::Begun(lease) => lease,
+            LoadStart::Loaded | LoadStart::Busy => return Ok(false),
+        };
+        let lost = || GateError(format!("lost the lease on loading {}", sale.sale_id));
+        for page in confirmed.chunks(LOAD_PAGE) {
+            if !self.load_page(sale, &lease, page).await? {
+                return Err(lost());
+            }
+        }
+        if !self.finish_load(sale, &lease).await? {
+            return Err(lost());
+        }
+        Ok(true)
+    }
+
+    /// Starts loading a sale, unless the gate has it loaded (every bucket
+    /// of it) or another loader's lease on it is live. Begun, the sale is
+    /// there, empty and loading: holds are refused, settles adopt. A sale
+    /// that lost only some of its buckets is loaded again whole.
+    async fn begin_load(
+        &self,
+        sale: &SaleDefinition,
+        lease_ms: i64,
+    ) -> Result<LoadStart, GateError>;
+
+    /// Counts a page of confirmed orders as sold and renews the lease.
+    /// Idempotent per hold id: an order the gate knows already (adopted by
+    /// a settle meanwhile, or in an earlier page) is not counted again.
+    /// Done in calls of bounded size, whatever the page's. `false` if the
+    /// lease is lost (another loader took over, or the sale was forgotten):
+    /// then the caller stops, and whatever it counted goes with the sale
+    /// (the new loader begins each bucket afresh before reading the ledger).
+    async fn load_page(
+        &self,
+        sale: &SaleDefinition,
+        lease: &LoadLease,
+        orders: &[Hold],
+    ) -> Result<bool, GateError>;
+
+    /// Opens a loaded sale for holds. `false` if the lease was lost.
+    async fn finish_load(
+        &self,
+        sale: &SaleDefinition,
+        lease: &LoadLease,
+    ) -> Result<bool, GateError>;
 
     /// The atomic check-and-take at the heart of checkout. The sale window
     /// and the hold's expiry are judged by the gate's own clock (Redis'

@@ -16,10 +16,14 @@ use async_trait::async_trait;
 use common::backends::RedisConn;
 use redis::{Script, Value};
 
+mod load;
 mod split;
 
 use super::buckets::Layout;
-use super::{parse_record, GateError, GateSnapshot, Hold, HoldOutcome, HoldState, StockGate};
+use super::{
+    parse_record, GateError, GateSnapshot, Hold, HoldOutcome, HoldState, LoadLease, LoadStart,
+    StockGate,
+};
 use crate::sale::{HoldId, SaleDefinition, SaleId};
 
 /// Layouts remembered at most; sales are few, and a layout is cheap to
@@ -91,9 +95,10 @@ impl RedisGate {
 
     async fn delete_buckets(&self, layout: &Layout) -> Result<(), GateError> {
         let mut conn = self.conn.clone();
-        // One DEL per bucket: a cluster refuses keys of several slots in one.
+        // One call per bucket: a cluster refuses keys of several slots in
+        // one. UNLINK: the holds of a big sale are freed off Redis' thread.
         for b in 0..layout.buckets() {
-            redis::cmd("DEL")
+            redis::cmd("UNLINK")
                 .arg(&layout.keys(b)[..])
                 .query_async::<i64>(&mut conn)
                 .await
@@ -116,16 +121,6 @@ impl RedisGate {
 /// A record of a stock part only (`hk`, `sk`): its quantity is the part's.
 fn is_stock_part(rec: &str) -> bool {
     rec.as_bytes().get(1) == Some(&b'k')
-}
-
-fn window_args(sale: &SaleDefinition, total: u64) -> Vec<String> {
-    vec![
-        "load".to_owned(),
-        total.to_string(),
-        sale.per_user_limit.to_string(),
-        sale.starts_ms().to_string(),
-        sale.ends_ms().to_string(),
-    ]
 }
 
 fn push_orders(args: &mut Vec<String>, orders: &[Hold]) {
@@ -166,6 +161,7 @@ fn parse_snapshot(f: &[String]) -> Result<Option<GateSnapshot>, GateError> {
                 .get(5)
                 .and_then(|s| s.parse::<f64>().ok())
                 .map(|v| v as i64),
+            loading: f.get(6).is_some_and(|s| s == "1"),
         })
     })();
     parsed.map(Some).ok_or_else(|| bad_reply("snapshot", &f))
@@ -173,18 +169,29 @@ fn parse_snapshot(f: &[String]) -> Result<Option<GateSnapshot>, GateError> {
 
 #[async_trait]
 impl StockGate for RedisGate {
-    async fn load(&self, sale: &SaleDefinition, confirmed: &[Hold]) -> Result<bool, GateError> {
-        let layout = Layout::new(&sale.sale_id, sale.stock_buckets);
-        if layout.buckets() > 1 {
-            let loaded = self.load_bucketed(sale, &layout, confirmed).await?;
-            self.remember(&sale.sale_id, layout);
-            return Ok(loaded);
-        }
-        let mut args = window_args(sale, sale.stock_total);
-        push_orders(&mut args, confirmed);
-        let loaded: i64 = self.call(&layout, 0, args).await?;
-        self.remember(&sale.sale_id, layout);
-        Ok(loaded == 1)
+    async fn begin_load(
+        &self,
+        sale: &SaleDefinition,
+        lease_ms: i64,
+    ) -> Result<LoadStart, GateError> {
+        self.begin(sale, lease_ms).await
+    }
+
+    async fn load_page(
+        &self,
+        sale: &SaleDefinition,
+        lease: &LoadLease,
+        orders: &[Hold],
+    ) -> Result<bool, GateError> {
+        self.page(sale, lease, orders).await
+    }
+
+    async fn finish_load(
+        &self,
+        sale: &SaleDefinition,
+        lease: &LoadLease,
+    ) -> Result<bool, GateError> {
+        self.finish(sale, lease).await
     }
 
     async fn try_hold(
@@ -237,6 +244,7 @@ impl StockGate for RedisGate {
             Some("upcoming") => HoldOutcome::Upcoming,
             Some("ended") => HoldOutcome::Ended,
             Some("missing") => HoldOutcome::Missing,
+            Some("loading") => HoldOutcome::Loading,
             Some("exists") => {
                 let rec = fields.get(1).ok_or_else(|| bad_reply("hold", &fields))?;
                 HoldOutcome::Exists(

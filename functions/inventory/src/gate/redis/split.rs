@@ -1,57 +1,16 @@
-//! The parts of a gate whose sale has several buckets: loading every
-//! bucket, a checkout whose home bucket is empty taking its stock from the
-//! others (and giving it all back when it cannot be made whole), and
-//! settling or adopting the parts of a hold wherever they are. A sale of one
-//! bucket never comes here.
+//! The parts of a gate whose sale has several buckets: a checkout whose
+//! home bucket is empty taking its stock from the others (and giving it all
+//! back when it cannot be made whole), and settling or adopting the parts
+//! of a hold wherever they are. (Loading them is in `load.rs`.) A sale of
+//! one bucket never comes here.
 
 use redis::Value;
 
-use super::super::buckets::{place_confirmed, Layout};
+use super::super::buckets::Layout;
 use super::super::{GateError, Hold, HoldOutcome};
-use super::{bad_reply, push_orders, text, window_args, RedisGate};
-use crate::sale::SaleDefinition;
+use super::{bad_reply, push_orders, text, RedisGate};
 
 impl RedisGate {
-    pub(super) async fn load_bucketed(
-        &self,
-        sale: &SaleDefinition,
-        layout: &Layout,
-        confirmed: &[Hold],
-    ) -> Result<bool, GateError> {
-        // Which buckets the gate still has. Some but not all: a shard lost
-        // its part of the sale (restarted empty, or a failover lost the
-        // writes). Which orders that bucket counted is known to no one (the
-        // ledger does not record placements), so the whole sale is loaded
-        // again, as after losing all of Redis: holds in flight elsewhere are
-        // dropped with it, and their orders are adopted when they settle.
-        let present: Vec<Vec<String>> = self
-            .each_bucket(layout, vec!["snapshot".to_owned()])
-            .await?;
-        let have = present.iter().filter(|f| !f.is_empty()).count();
-        if have == present.len() {
-            return Ok(false);
-        }
-        if have > 0 {
-            tracing::warn!(sale_id = %sale.sale_id, lost = present.len() - have, "gate lost buckets of the sale; loading all of it again");
-            self.delete_buckets(layout).await?;
-        }
-        let plan = place_confirmed(sale, layout, confirmed);
-        let mut any = false;
-        // Bucket 0 last: it records the bucket count, which is what tells
-        // another instance the sale is there at all.
-        for b in (0..layout.buckets()).rev() {
-            let load = &plan[usize::from(b)];
-            let mut args = window_args(sale, sale.bucket_share(b));
-            push_orders(&mut args, &load.whole);
-            args.push(layout.buckets().to_string());
-            push_orders(&mut args, &load.user_parts);
-            push_orders(&mut args, &load.stock_parts);
-            let loaded: i64 = self.call(layout, b, args).await?;
-            any |= loaded == 1;
-        }
-        Ok(any)
-    }
-
     /// After the user's home bucket had no stock and took their count as a
     /// user part: the stock from the other buckets, as much from each as
     /// it has, until the hold is whole. If they have too little between
@@ -105,6 +64,7 @@ impl RedisGate {
                 Some("upcoming") => refusal = Some(HoldOutcome::Upcoming),
                 Some("ended") => refusal = Some(HoldOutcome::Ended),
                 Some("missing") => refusal = Some(HoldOutcome::Missing),
+                Some("loading") => refusal = Some(HoldOutcome::Loading),
                 _ => {
                     self.give_back(layout, home, &hold).await;
                     return Err(bad_reply("take", &fields));
@@ -206,14 +166,26 @@ impl RedisGate {
             if f.user && missing <= 0 {
                 continue;
             }
-            adopted += 1;
             let home = layout.home(&order.user_id);
-            if !f.user && f.stock == 0 && self.adopt(layout, home, "b", false, order).await? {
-                continue;
-            }
             if !f.user {
-                self.adopt(layout, home, "u", true, order).await?;
+                // Found nowhere a moment ago. If the home bucket has a record
+                // now, a concurrent settle or a load adopted it meanwhile,
+                // and that one places its stock.
+                if f.stock == 0 {
+                    match self.adopt(layout, home, "b", false, order).await? {
+                        Adopted::Yes => {
+                            adopted += 1;
+                            continue;
+                        }
+                        Adopted::Exists => continue,
+                        Adopted::NoRoom => {}
+                    }
+                }
+                if self.adopt(layout, home, "u", true, order).await? == Adopted::Exists {
+                    continue;
+                }
             }
+            adopted += 1;
             if missing > 0 {
                 let part = Hold {
                     quantity: missing as u32,
@@ -226,7 +198,10 @@ impl RedisGate {
     }
 
     /// Counts a confirmed order's stock (all or what no part carried) in
-    /// a bucket other than the user's home, one with room if any has.
+    /// a bucket other than the user's home: the first with room, by the
+    /// rule a load places stock with (`load.rs`), so that a load and a
+    /// settle of one order meet at one record. One there already means it
+    /// is counted.
     async fn adopt_stock_elsewhere(
         &self,
         layout: &Layout,
@@ -234,7 +209,7 @@ impl RedisGate {
         part: &Hold,
     ) -> Result<(), GateError> {
         for b in layout.others(home) {
-            if self.adopt(layout, b, "k", false, part).await? {
+            if self.adopt(layout, b, "k", false, part).await? != Adopted::NoRoom {
                 return Ok(());
             }
         }
@@ -242,7 +217,7 @@ impl RedisGate {
         // left; count it anyway (remaining dips below zero) so nothing is
         // sold twice.
         for b in layout.others(home) {
-            if self.adopt(layout, b, "k", true, part).await? {
+            if self.adopt(layout, b, "k", true, part).await? != Adopted::NoRoom {
                 return Ok(());
             }
         }
@@ -280,7 +255,7 @@ impl RedisGate {
         part: &str,
         force: bool,
         order: &Hold,
-    ) -> Result<bool, GateError> {
+    ) -> Result<Adopted, GateError> {
         let mut args = vec![
             "adopt".to_owned(),
             part.to_owned(),
@@ -288,8 +263,24 @@ impl RedisGate {
         ];
         push_orders(&mut args, std::slice::from_ref(order));
         let reply: Value = self.call(layout, bucket, args).await?;
-        Ok(text(&reply).is_some_and(|codes| codes == "1"))
+        match text(&reply).as_deref() {
+            Some("1") => Ok(Adopted::Yes),
+            Some("0") => Ok(Adopted::NoRoom),
+            Some("-") => Ok(Adopted::Exists),
+            Some("-1") => Err(GateError("the sale left the gate while settling".into())),
+            _ => Err(bad_reply("adopt", &reply)),
+        }
     }
+}
+
+/// What adopting one order's part in one bucket did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Adopted {
+    Yes,
+    /// A stock part, and the bucket has too little left.
+    NoRoom,
+    /// The bucket has a record of the hold already.
+    Exists,
 }
 
 /// What the buckets had of one order: its user's count, and units of stock.
