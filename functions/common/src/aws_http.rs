@@ -73,11 +73,14 @@ enum Roots {
     Given(Arc<rustls::RootCertStore>),
 }
 
+/// A connect timeout and a read timeout, as the SDK asks for them.
+type Timeouts = (Option<Duration>, Option<Duration>);
+
 /// One pool per connect/read timeout pair, built on first use.
 struct Http1Client {
     roots: Roots,
     tls: OnceLock<Arc<rustls::ClientConfig>>,
-    connectors: RwLock<HashMap<(Option<Duration>, Option<Duration>), SharedHttpConnector>>,
+    connectors: RwLock<HashMap<Timeouts, SharedHttpConnector>>,
 }
 
 impl fmt::Debug for Http1Client {
@@ -131,7 +134,7 @@ impl HttpClient for Http1Client {
         settings: &HttpConnectorSettings,
         _components: &RuntimeComponents,
     ) -> SharedHttpConnector {
-        let key = (settings.connect_timeout(), settings.read_timeout());
+        let key: Timeouts = (settings.connect_timeout(), settings.read_timeout());
         if let Some(connector) = self.connectors.read().expect("not poisoned").get(&key) {
             return connector.clone();
         }
