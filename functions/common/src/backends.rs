@@ -13,7 +13,6 @@ use std::time::Duration;
 use aws_config::timeout::TimeoutConfig;
 use aws_config::{BehaviorVersion, Region};
 use aws_sdk_dynamodb::config::Credentials;
-use aws_smithy_http_client::tls::{rustls_provider::CryptoMode, Provider};
 
 use crate::config::Settings;
 pub use crate::redis_client::RedisConn;
@@ -33,15 +32,6 @@ pub fn install_crypto_provider() {
     let _ = rustls::crypto::ring::default_provider().install_default();
 }
 
-/// The AWS SDK's HTTP client: hyper 1 + rustls on ring, with the system's
-/// CA bundle (`SSL_CERT_FILE` in the images). Plain `http://` endpoints
-/// (DynamoDB Local) go through the same client without TLS.
-fn aws_http_client() -> aws_sdk_dynamodb::config::SharedHttpClient {
-    aws_smithy_http_client::Builder::new()
-        .tls_provider(Provider::Rustls(CryptoMode::Ring))
-        .build_https()
-}
-
 /// A DynamoDB client; talks to DynamoDB Local when `DYNAMODB_ENDPOINT` is set.
 pub async fn dynamodb(settings: &Settings) -> aws_sdk_dynamodb::Client {
     install_crypto_provider();
@@ -50,7 +40,10 @@ pub async fn dynamodb(settings: &Settings) -> aws_sdk_dynamodb::Client {
     // container endpoint, STS for web identity): without the SDK's default
     // features there is no other.
     let mut loader = aws_config::defaults(BehaviorVersion::latest())
-        .http_client(aws_http_client())
+        // HTTP/1.1 on hyper 1 + rustls/ring, the system's CA bundle
+        // (`SSL_CERT_FILE` in the images); `http://` endpoints (DynamoDB
+        // Local) through the same client without TLS.
+        .http_client(crate::aws_http::client())
         .region(Region::new(settings.aws_region.clone()))
         .timeout_config(
             TimeoutConfig::builder()

@@ -7,11 +7,13 @@
 //!   JSON extraction that speaks the contract, `/healthz`);
 //! * [`token`]   — Ed25519 access tokens: issued by auth, verified locally elsewhere;
 //! * [`client_ip`] — which address a request came from, for per-IP limits;
-//! * [`backends`] — clients for DynamoDB and Redis built from the configuration;
+//! * [`backends`] — clients for DynamoDB and Redis built from the configuration
+//!   ([`aws_http`]: the AWS SDK's HTTP/1.1 client on hyper + rustls);
 //! * [`redis_client`] — Redis as deployed: single node or cluster, plain or TLS
 //!   ([`redis_testbed`]: the local test bed's three shapes, for the suites);
 //! * [`serve`]   — one Router, two runtimes: AWS Lambda or a plain HTTP server.
 
+pub mod aws_http;
 pub mod backends;
 pub mod client_ip;
 pub mod config;
