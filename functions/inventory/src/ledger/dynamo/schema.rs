@@ -49,9 +49,10 @@ use crate::sale::{HoldId, Order, OrderId, SaleDefinition, SaleId};
 /// The layout this code writes, stored on every sale it creates.
 pub(super) const LAYOUT: u32 = 2;
 
-/// Buckets per sale unless configured (`LEDGER_BUCKETS`). 32 partitions
-/// take ~16,000 transactional order writes a second between them, and 32
-/// counters leave room for 16 instances to charge one each, rarely meeting.
+/// Buckets per sale unless configured (`LEDGER_BUCKETS`). An order costs
+/// its user's partition 4 WCU (order and user counter, transactional), so 32
+/// partitions take ~8,000 orders a second; 32 counters leave room for ~16
+/// committers to charge one each, rarely meeting.
 pub const DEFAULT_BUCKETS: u16 = 32;
 
 /// A sale is created in one transaction: its item and one counter per
