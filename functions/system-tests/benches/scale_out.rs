@@ -19,7 +19,7 @@
 //!    labelled as such;
 //! 3. DynamoDB Local's own ceiling on this machine with a bare client, no
 //!    proxy and no engine: the transaction shapes `ledger/dynamo` writes
-//!    (one order: sale counter + order + user counter + idempotency key; a
+//!    (one order: a stock counter + the user item + the idempotency key; a
 //!    group commit: one counter and 24 orders), many at once, on one sale.
 //!
 //! Every buyer is its own user with its own Idempotency-Key and retries a
@@ -270,42 +270,39 @@ fn counter(table: &str, sale: &str, k: u16, qty: usize, now: &str) -> TransactWr
     TransactWriteItem::builder().update(update).build()
 }
 
-/// One order's own items, as the ledger writes them: the order and the
-/// user's counter on the partition of the user's bucket (a random one
-/// here: user ids hash evenly), the Idempotency-Key record.
+/// One order's own items, as the ledger writes them: the user's item on
+/// the partition of the user's bucket (a random one here: user ids hash
+/// evenly) with the order set on it, and the Idempotency-Key record.
 fn order_items(table: &str, sale: &str, now: &str) -> Vec<TransactWriteItem> {
     let user = ulid::Ulid::new().to_string();
     let home = format!("SALE#{sale}#P{}", rand::random::<u16>() % BUCKETS);
     let hold = ulid::Ulid::new().to_string();
     let key = ulid::Ulid::new().to_string();
-    let order = Put::builder()
-        .table_name(table)
-        .item("pk", s(&home))
-        .item("sk", s(format!("ORDER#{user}#{hold}")))
-        .item("status", s("confirmed"))
-        .item("order_id", s(format!("{sale}.{hold}")))
-        .item("sale_id", s(sale))
-        .item("user_id", s(&user))
-        .item("quantity", n(1))
-        .item("created_at", s(now))
-        .item("attempt", n(chrono::Utc::now().timestamp_millis()))
-        .item("idempotency_key", s(&key))
-        .condition_expression(
-            "attribute_not_exists(pk) OR (#status = :void AND attempt < :attempt)",
-        )
-        .expression_attribute_names("#status", "status")
-        .expression_attribute_values(":void", s("void"))
-        .expression_attribute_values(":attempt", n(chrono::Utc::now().timestamp_millis()))
-        .build()
-        .expect("a complete put");
-    let user_counter = Update::builder()
+    let attempt = chrono::Utc::now().timestamp_millis();
+    let entry = std::collections::HashMap::from([
+        ("status".to_owned(), s("confirmed")),
+        ("order_id".to_owned(), s(format!("{sale}.{hold}"))),
+        ("quantity".to_owned(), n(1)),
+        ("created_at".to_owned(), s(now)),
+        ("attempt".to_owned(), n(attempt)),
+        ("idempotency_key".to_owned(), s(&key)),
+    ]);
+    let user_item = Update::builder()
         .table_name(table)
         .key("pk", s(&home))
         .key("sk", s(format!("USER#{user}")))
-        .update_expression("SET confirmed = if_not_exists(confirmed, :zero) + :q")
-        .condition_expression("attribute_not_exists(confirmed) OR confirmed <= :max_before")
+        .update_expression(inventory::ledger::ORDER_UPDATE)
+        .condition_expression(inventory::ledger::ORDER_CONDITION)
+        .expression_attribute_names("#o", format!("o_{hold}"))
+        .expression_attribute_names("#status", "status")
+        .expression_attribute_values(":entry", AttributeValue::M(entry))
         .expression_attribute_values(":zero", n(0))
         .expression_attribute_values(":q", n(1))
+        .expression_attribute_values(":user", s(&user))
+        .expression_attribute_values(":sale", s(sale))
+        .expression_attribute_values(":created", s(now))
+        .expression_attribute_values(":void", s("void"))
+        .expression_attribute_values(":attempt", n(attempt))
         .expression_attribute_values(":max_before", n(0))
         .build()
         .expect("a complete update");
@@ -318,8 +315,7 @@ fn order_items(table: &str, sale: &str, now: &str) -> Vec<TransactWriteItem> {
         .build()
         .expect("a complete put");
     vec![
-        TransactWriteItem::builder().put(order).build(),
-        TransactWriteItem::builder().update(user_counter).build(),
+        TransactWriteItem::builder().update(user_item).build(),
         TransactWriteItem::builder().put(idem).build(),
     ]
 }

@@ -14,7 +14,7 @@
 mod dynamo;
 mod memory;
 
-pub use self::dynamo::{DynamoLedger, DEFAULT_BUCKETS, MAX_BUCKETS};
+pub use self::dynamo::{DynamoLedger, DEFAULT_BUCKETS, MAX_BUCKETS, ORDER_CONDITION, ORDER_UPDATE};
 pub use self::memory::MemoryLedger;
 
 use async_trait::async_trait;

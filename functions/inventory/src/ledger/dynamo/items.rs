@@ -6,8 +6,7 @@
 //! | item                                  | condition                                              |
 //! |---------------------------------------|--------------------------------------------------------|
 //! | `STOCK` of each bucket charged        | `confirmed + units <= capacity`, inside the sale window |
-//! | per order: `ORDER#<user>#<hold>` put  | no order there, or only the void of an *older* attempt |
-//! | per order: `USER#<user>` update       | `confirmed + q <= per_user_limit`                      |
+//! | per order: its user's `USER#<user>` item, `o_<hold>` set | no order there, or only the void of an *older* attempt; and `confirmed + q <= per_user_limit` |
 //! | per order: `IDEM#<key>` put (if keyed) | the key names no order yet                             |
 //!
 //! The counters' capacities add up to the stock, so no plan of charges can
@@ -15,10 +14,12 @@
 //! (or counter) each item belongs to, so a refusal can be pinned on the
 //! orders that caused it.
 
-use aws_sdk_dynamodb::types::{Put, TransactWriteItem, Update};
+use std::collections::HashMap;
+
+use aws_sdk_dynamodb::types::{AttributeValue, Put, TransactWriteItem, Update};
 
 use super::schema::{
-    bucket_pk, idem_pk, idem_sk, order_from_item, order_sk, user_sk, SaleLayout, STOCK_SK,
+    bucket_pk, entry, idem_pk, idem_sk, order_attr, user_sk, Entry, SaleLayout, STOCK_SK,
 };
 use super::stock::Plan;
 use super::{build_error, get_s, n, s, Inner};
@@ -26,7 +27,7 @@ use crate::ledger::{ConfirmOutcome, ConfirmRequest, LedgerError};
 use crate::sale::{rfc3339, OrderId, SaleId};
 
 /// What each transaction item is: a bucket counter, or item `k` of the
-/// batch's order `i` (0 order, 1 user counter, 2 idempotency key).
+/// batch's order `i` (0 its user item, 1 its idempotency key).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(super) enum Owner {
     Counter(u16),
@@ -36,6 +37,19 @@ pub(super) enum Owner {
 pub(super) struct Layout {
     pub owners: Vec<Owner>,
 }
+
+/// An order set on its user's item, and the user's total raised.
+pub const ORDER_UPDATE: &str =
+    "SET #o = :entry, confirmed = if_not_exists(confirmed, :zero) + :q, \
+     user_id = :user, sale_id = :sale, created_at = if_not_exists(created_at, :created)";
+
+/// Only the void of an *older* attempt of this id may be replaced (its hold
+/// was released; this is a new hold of the same key); a void of this
+/// attempt or a newer one, or an order, may not. And the user's total stays
+/// within the limit.
+pub const ORDER_CONDITION: &str =
+    "(attribute_not_exists(#o) OR (#o.#status = :void AND #o.attempt < :attempt)) \
+     AND (attribute_not_exists(confirmed) OR confirmed <= :max_before)";
 
 /// Items in one transaction at most (DynamoDB's limit).
 pub(super) const MAX_ITEMS: usize = 100;
@@ -49,41 +63,10 @@ fn failed_at(codes: &[Option<String>], i: usize) -> bool {
 
 /// An order's own items: how many it has.
 pub(super) fn own_item_count(req: &ConfirmRequest) -> usize {
-    2 + usize::from(req.order.idempotency_key.is_some())
+    1 + usize::from(req.order.idempotency_key.is_some())
 }
 
 impl Inner {
-    fn order_put(&self, layout: SaleLayout, req: &ConfirmRequest) -> Result<Put, LedgerError> {
-        let o = &req.order;
-        let mut put = Put::builder()
-            .table_name(&self.table)
-            .item(
-                "pk",
-                s(bucket_pk(o.sale_id(), layout.user_bucket(&o.user_id))),
-            )
-            .item("sk", s(order_sk(&o.user_id, &o.order_id.hold_id)))
-            .item("status", s("confirmed"))
-            .item("order_id", s(o.order_id.to_string()))
-            .item("sale_id", s(o.sale_id().to_string()))
-            .item("user_id", s(&o.user_id))
-            .item("quantity", n(o.quantity))
-            .item("created_at", s(rfc3339(o.created_at)))
-            .item("attempt", n(req.attempt))
-            // Only the void of an *older* attempt of this id may be replaced
-            // (its hold was released; this is a new hold of the same key). A
-            // void of this attempt or a newer one, or an order, may not.
-            .condition_expression(
-                "attribute_not_exists(pk) OR (#status = :void AND attempt < :attempt)",
-            )
-            .expression_attribute_names("#status", "status")
-            .expression_attribute_values(":void", s("void"))
-            .expression_attribute_values(":attempt", n(req.attempt));
-        if let Some(key) = &o.idempotency_key {
-            put = put.item("idempotency_key", s(key));
-        }
-        put.build().map_err(build_error)
-    }
-
     /// `confirmed += units` on bucket k, only while that stays within its
     /// capacity and every order of the batch was taken inside the window
     /// (by the gate's clock: `created_at` is when the gate granted the hold).
@@ -112,7 +95,9 @@ impl Inner {
             .map_err(build_error)
     }
 
-    /// The order's own items: order, user counter, idempotency key.
+    /// The order's own items: its user item (the order, and the user's
+    /// total within the limit, in one conditional update), and its
+    /// idempotency key.
     fn own_items(
         &self,
         layout: SaleLayout,
@@ -120,6 +105,16 @@ impl Inner {
     ) -> Result<Vec<TransactWriteItem>, LedgerError> {
         let o = &req.order;
         let qty = u64::from(o.quantity);
+        let mut entry = HashMap::from([
+            ("status".to_owned(), s("confirmed")),
+            ("order_id".to_owned(), s(o.order_id.to_string())),
+            ("quantity".to_owned(), n(o.quantity)),
+            ("created_at".to_owned(), s(rfc3339(o.created_at))),
+            ("attempt".to_owned(), n(req.attempt)),
+        ]);
+        if let Some(key) = &o.idempotency_key {
+            entry.insert("idempotency_key".to_owned(), s(key));
+        }
         let user_update = Update::builder()
             .table_name(&self.table)
             .key(
@@ -127,22 +122,25 @@ impl Inner {
                 s(bucket_pk(o.sale_id(), layout.user_bucket(&o.user_id))),
             )
             .key("sk", s(user_sk(&o.user_id)))
-            .update_expression("SET confirmed = if_not_exists(confirmed, :zero) + :q")
-            .condition_expression("attribute_not_exists(confirmed) OR confirmed <= :max_before")
+            .update_expression(ORDER_UPDATE)
+            .condition_expression(ORDER_CONDITION)
+            .expression_attribute_names("#o", order_attr(&o.order_id.hold_id))
+            .expression_attribute_names("#status", "status")
+            .expression_attribute_values(":entry", AttributeValue::M(entry))
             .expression_attribute_values(":zero", n(0))
             .expression_attribute_values(":q", n(qty))
+            .expression_attribute_values(":user", s(&o.user_id))
+            .expression_attribute_values(":sale", s(o.sale_id().to_string()))
+            .expression_attribute_values(":created", s(rfc3339(o.created_at)))
+            .expression_attribute_values(":void", s("void"))
+            .expression_attribute_values(":attempt", n(req.attempt))
             .expression_attribute_values(
                 ":max_before",
                 n(i64::from(req.per_user_limit) - qty as i64),
             )
             .build()
             .map_err(build_error)?;
-        let mut items = vec![
-            TransactWriteItem::builder()
-                .put(self.order_put(layout, req)?)
-                .build(),
-            TransactWriteItem::builder().update(user_update).build(),
-        ];
+        let mut items = vec![TransactWriteItem::builder().update(user_update).build()];
         if let Some(key) = &o.idempotency_key {
             let idem = Put::builder()
                 .table_name(&self.table)
@@ -194,7 +192,7 @@ impl Inner {
     }
 
     /// Why one order was refused, from the cancellation codes of its own
-    /// items (`own[k]`: 0 order, 1 user, 2 key), checked in order of
+    /// items (`own[k]`: 0 its user item, 1 its key), checked in order of
     /// meaning; `None` if none of its own items refused.
     pub(super) async fn explain_refusal(
         &self,
@@ -204,16 +202,21 @@ impl Inner {
     ) -> Result<Option<ConfirmOutcome>, LedgerError> {
         let o = &req.order;
         if failed_at(own, 0) {
+            // The user item refused: this order (or a void of it) is there,
+            // or the user's total would pass the limit.
             let pk = bucket_pk(o.sale_id(), layout.user_bucket(&o.user_id));
-            let item = self
-                .get(pk, order_sk(&o.user_id, &o.order_id.hold_id))
-                .await?;
-            return Ok(Some(match item.as_ref().and_then(order_from_item) {
-                Some(existing) => ConfirmOutcome::AlreadyConfirmed(existing),
-                None => ConfirmOutcome::Voided,
-            }));
+            let item = self.get(pk, user_sk(&o.user_id)).await?;
+            return Ok(Some(
+                match item.as_ref().and_then(|i| entry(i, &o.order_id.hold_id)) {
+                    Some(Entry::Confirmed(existing)) => ConfirmOutcome::AlreadyConfirmed(existing),
+                    Some(Entry::Void { attempt }) if attempt >= req.attempt => {
+                        ConfirmOutcome::Voided
+                    }
+                    _ => ConfirmOutcome::LimitReached,
+                },
+            ));
         }
-        if failed_at(own, 2) {
+        if failed_at(own, 1) {
             if let Some(key) = &o.idempotency_key {
                 let idem = self.get(idem_pk(&o.user_id), idem_sk(key)).await?;
                 let other = idem
@@ -229,9 +232,6 @@ impl Inner {
                     "idempotency record for {key} names no order"
                 )));
             }
-        }
-        if failed_at(own, 1) {
-            return Ok(Some(ConfirmOutcome::LimitReached));
         }
         Ok(None)
     }

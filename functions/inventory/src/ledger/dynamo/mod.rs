@@ -18,6 +18,7 @@ mod stock;
 mod transact;
 mod void;
 
+pub use self::items::{ORDER_CONDITION, ORDER_UPDATE};
 pub use self::schema::{DEFAULT_BUCKETS, MAX_BUCKETS};
 
 use std::collections::HashMap;

@@ -7,7 +7,7 @@ use std::collections::HashMap;
 
 use aws_sdk_dynamodb::types::{AttributeValue, KeysAndAttributes};
 
-use super::schema::{bucket_pk, key, order_from_item, order_sk, SaleLayout, STOCK_SK};
+use super::schema::{bucket_pk, entry, key, orders_of, user_sk, Entry, SaleLayout, STOCK_SK};
 use super::stock::Counter;
 use super::{classify, get_n, s, Inner, Item};
 use crate::ledger::{LedgerError, SalePage};
@@ -91,9 +91,9 @@ impl Inner {
             .collect()
     }
 
-    /// One query of one partition: confirmed items whose sort key starts
-    /// with `prefix`, after `start`, at most `limit` evaluated; and where
-    /// the next query would start (`None`: the partition is done).
+    /// One query of one partition: the items whose sort key starts with
+    /// `prefix`, after `start`, at most `limit`; and where the next query
+    /// would start (`None`: the partition is done).
     async fn query_page(
         &self,
         pk: String,
@@ -106,11 +106,8 @@ impl Inner {
             .query()
             .table_name(&self.table)
             .key_condition_expression("pk = :pk AND begins_with(sk, :prefix)")
-            .filter_expression("#status = :confirmed")
-            .expression_attribute_names("#status", "status")
             .expression_attribute_values(":pk", s(&pk))
             .expression_attribute_values(":prefix", s(prefix))
-            .expression_attribute_values(":confirmed", s("confirmed"))
             .set_exclusive_start_key(start.map(|sk| key(pk, sk)))
             .limit(limit.clamp(1, 1000) as i32)
             .consistent_read(true)
@@ -126,8 +123,9 @@ impl Inner {
         Ok((out.items.unwrap_or_default(), next))
     }
 
-    /// Up to `limit` confirmed orders of the sale after the cursor: the
-    /// buckets' partitions one after another, each in key order.
+    /// The confirmed orders of up to `limit` users of the sale after the
+    /// cursor (a user has at most `per_user_limit` orders): the buckets'
+    /// partitions one after another, each in key order.
     pub(super) async fn page(
         &self,
         sale: &SaleId,
@@ -147,16 +145,18 @@ impl Inner {
         };
         let limit = limit.max(1);
         let mut orders = Vec::new();
-        while orders.len() < limit && cursor.bucket < layout.buckets {
+        let mut users = 0;
+        while users < limit && cursor.bucket < layout.buckets {
             let (items, next) = self
                 .query_page(
                     bucket_pk(sale, cursor.bucket),
-                    "ORDER#",
+                    "USER#",
                     cursor.after.take(),
-                    limit - orders.len(),
+                    limit - users,
                 )
                 .await?;
-            orders.extend(items.iter().filter_map(order_from_item));
+            users += items.len();
+            orders.extend(items.iter().flat_map(orders_of));
             match next {
                 Some(sk) => cursor.after = Some(sk),
                 None => cursor.bucket += 1,
@@ -178,38 +178,33 @@ impl Inner {
             return Ok(None);
         };
         let pk = bucket_pk(&order_id.sale_id, layout.user_bucket(user_id));
-        let item = self.get(pk, order_sk(user_id, &order_id.hold_id)).await?;
-        Ok(item.as_ref().and_then(order_from_item))
+        let item = self.get(pk, user_sk(user_id)).await?;
+        Ok(
+            match item.as_ref().and_then(|i| entry(i, &order_id.hold_id)) {
+                Some(Entry::Confirmed(order)) => Some(order),
+                _ => None,
+            },
+        )
     }
 
-    /// A user's orders in one sale (their bucket's partition, strongly
-    /// consistent), or in all (the `by_user` index).
+    /// A user's orders in one sale (their user item, strongly consistent),
+    /// or in all (the `by_user` index: one item per sale they ordered in).
     pub(super) async fn orders_of_user(
         &self,
         user_id: &str,
         sale: Option<&SaleId>,
     ) -> Result<Vec<Order>, LedgerError> {
-        let mut items = Vec::new();
-        match sale {
+        let items = match sale {
             Some(sale) => {
                 let Some(layout) = self.layout(sale).await? else {
                     return Ok(Vec::new());
                 };
                 let pk = bucket_pk(sale, layout.user_bucket(user_id));
-                let prefix = format!("ORDER#{user_id}#");
-                let mut start = None;
-                loop {
-                    let (page, next) = self.query_page(pk.clone(), &prefix, start, 1000).await?;
-                    items.extend(page);
-                    match next {
-                        Some(sk) => start = Some(sk),
-                        None => break,
-                    }
-                }
+                self.get(pk, user_sk(user_id)).await?.into_iter().collect()
             }
-            None => items = self.by_user_index(user_id).await?,
-        }
-        let mut orders: Vec<Order> = items.iter().filter_map(order_from_item).collect();
+            None => self.by_user_index(user_id).await?,
+        };
+        let mut orders: Vec<Order> = items.iter().flat_map(orders_of).collect();
         orders.sort_by_key(|o| o.created_at);
         Ok(orders)
     }
@@ -224,10 +219,7 @@ impl Inner {
                 .table_name(&self.table)
                 .index_name("by_user")
                 .key_condition_expression("user_id = :user")
-                .filter_expression("#status = :confirmed")
-                .expression_attribute_names("#status", "status")
                 .expression_attribute_values(":user", s(user_id))
-                .expression_attribute_values(":confirmed", s("confirmed"))
                 .set_exclusive_start_key(start.take())
                 .send()
                 .await

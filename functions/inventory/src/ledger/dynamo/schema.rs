@@ -5,16 +5,20 @@
 //! |---------------------|------------------------|-------------------------------------------------------|
 //! | `SALE#<sale>`       | `SALE`                 | the sale; `layout` 2, `ledger_buckets` = B. Read-only once written |
 //! | `SALE#<sale>#P<k>`  | `STOCK`                | bucket k's `capacity` (its share of the stock) and `confirmed` units, the sale window copied |
-//! | `SALE#<sale>#P<k>`  | `USER#<user>`          | one user's `confirmed` units (users whose hash lands on k) |
-//! | `SALE#<sale>#P<k>`  | `ORDER#<user>#<hold>`  | an order (`status` confirmed) or a void marker, same k as its user |
+//! | `SALE#<sale>#P<k>`  | `USER#<user>`          | one user in the sale (users whose hash lands on k): their `confirmed` units, and each of their orders or void markers as an attribute `o_<hold>` |
 //! | `USER#<user>`       | `IDEM#<key>`           | which order an Idempotency-Key made                   |
+//!
+//! A user's orders live on their user item, so an order is *one* conditional
+//! update (the order absent, and the user's total within the limit) plus its
+//! Idempotency-Key record: two items per order, not three. Per-user limits
+//! are small, so the item stays small (and DynamoDB caps it at 400 KB).
 //!
 //! Why it holds at a stampede's rate, for one hot sale on real DynamoDB
 //! (1,000 WCU/s per partition key, a transactional write is 2 WCU per KB,
 //! transactions on one item conflict):
-//! - a buyer's items (order, user counter) sit on the partition of their
-//!   user's hash: B partitions share the orders evenly, and two buyers never
-//!   write the same item;
+//! - a buyer's user item sits on the partition of their user's hash: B
+//!   partitions share the orders evenly, and two buyers never write the
+//!   same item;
 //! - the stock is B counters, each capped at its share, so their sum (what
 //!   the ledger holds) can never pass `stock_total`. A committer charges its
 //!   batch to a bucket of its own choosing and moves away from a bucket
@@ -24,8 +28,9 @@
 //!   checked on the bucket counters, which carry a copy of it.
 //!
 //! Rebuilds read the B partitions one after another, page by page, with
-//! strongly consistent queries. The `by_user` index (user_id, created_at)
-//! lists one user's orders across sales, as before.
+//! strongly consistent queries. The `by_user` index (user_id, created_at:
+//! the user's first order in the sale) lists one user's sales, and so their
+//! orders, across sales.
 //!
 //! **The old layout** (version 1: every item of a sale under `SALE#<sale>`,
 //! one `confirmed` counter on the `SALE` item) used the same key schema, so
@@ -50,10 +55,14 @@ use crate::sale::{HoldId, Order, OrderId, SaleDefinition, SaleId};
 pub(super) const LAYOUT: u32 = 2;
 
 /// Buckets per sale unless configured (`LEDGER_BUCKETS`). An order costs
-/// its user's partition 4 WCU (order and user counter, transactional), so 32
-/// partitions take ~8,000 orders a second; 32 counters leave room for ~16
+/// its user's partition 2 WCU (one transactional write of the user item),
+/// so 32 partitions take ~16,000 orders a second; 32 counters leave room for ~16
 /// committers to charge one each, rarely meeting.
 pub const DEFAULT_BUCKETS: u16 = 32;
+
+/// Units a bucket holds at least (unless the sale has fewer): two full
+/// batches of orders.
+pub const MIN_BUCKET_UNITS: u64 = 64;
 
 /// A sale is created in one transaction: its item and one counter per
 /// bucket, within DynamoDB's 100 items per transaction.
@@ -70,11 +79,16 @@ pub(super) struct SaleLayout {
 }
 
 impl SaleLayout {
-    /// B buckets, never more than units (a bucket of no stock is useless).
+    /// The configured number of buckets, but never so many that a bucket
+    /// holds less than [`MIN_BUCKET_UNITS`]: a bucket that runs dry after a
+    /// batch or two sends its committer looking for another every few
+    /// transactions, which costs a small sale more than spreading gains it
+    /// (load/capacity.md, "A ledger whose writes spread").
     pub fn for_new_sale(sale: &SaleDefinition, configured: u16) -> Self {
         let max = u64::from(configured.clamp(1, MAX_BUCKETS));
+        let by_units = sale.stock_total / MIN_BUCKET_UNITS;
         Self {
-            buckets: sale.stock_total.clamp(1, max) as u16,
+            buckets: by_units.clamp(1, max) as u16,
             stock_total: sale.stock_total,
             starts_at: sale.starts_at,
             ends_at: sale.ends_at,
@@ -121,8 +135,11 @@ pub(super) fn user_sk(user_id: &str) -> String {
     format!("USER#{user_id}")
 }
 
-pub(super) fn order_sk(user_id: &str, hold: &HoldId) -> String {
-    format!("ORDER#{user_id}#{hold}")
+/// The attribute of the user item that holds one of their orders (or the
+/// void marker of one of their holds). Hold ids are 26 characters of
+/// Crockford base32: always a valid attribute name.
+pub(super) fn order_attr(hold: &HoldId) -> String {
+    format!("o_{hold}")
 }
 
 pub(super) fn idem_pk(user_id: &str) -> String {
@@ -133,17 +150,50 @@ pub(super) fn idem_sk(key: &str) -> String {
     format!("IDEM#{key}")
 }
 
-pub(super) fn order_from_item(item: &Item) -> Option<Order> {
-    if get_s(item, "status")? != "confirmed" {
-        return None;
+/// One entry `o_<hold>` of a user item: an order, or the void of a hold.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(super) enum Entry {
+    Confirmed(Order),
+    Void { attempt: i64 },
+}
+
+fn entry_from(user_id: &str, value: &AttributeValue) -> Option<Entry> {
+    let m = value.as_m().ok()?;
+    let text = |name: &str| m.get(name)?.as_s().ok().map(String::as_str);
+    let num = |name: &str| m.get(name)?.as_n().ok()?.parse::<i64>().ok();
+    match text("status")? {
+        "void" => Some(Entry::Void {
+            attempt: num("attempt")?,
+        }),
+        "confirmed" => Some(Entry::Confirmed(Order {
+            order_id: OrderId::parse(text("order_id")?)?,
+            user_id: user_id.to_owned(),
+            quantity: u32::try_from(num("quantity")?).ok()?,
+            created_at: time(text("created_at")?)?,
+            idempotency_key: text("idempotency_key").map(str::to_owned),
+        })),
+        _ => None,
     }
-    Some(Order {
-        order_id: OrderId::parse(get_s(item, "order_id")?)?,
-        user_id: get_s(item, "user_id")?.to_owned(),
-        quantity: get_n(item, "quantity")?,
-        created_at: time(get_s(item, "created_at")?)?,
-        idempotency_key: get_s(item, "idempotency_key").map(str::to_owned),
-    })
+}
+
+/// The entry of one hold on a user item, if there is one.
+pub(super) fn entry(item: &Item, hold: &HoldId) -> Option<Entry> {
+    let user_id = get_s(item, "user_id").unwrap_or_default();
+    entry_from(user_id, item.get(&order_attr(hold))?)
+}
+
+/// Every confirmed order on a user item.
+pub(super) fn orders_of(item: &Item) -> Vec<Order> {
+    let Some(user_id) = get_s(item, "user_id") else {
+        return Vec::new();
+    };
+    item.iter()
+        .filter(|(name, _)| name.starts_with("o_"))
+        .filter_map(|(_, value)| match entry_from(user_id, value)? {
+            Entry::Confirmed(order) => Some(order),
+            Entry::Void { .. } => None,
+        })
+        .collect()
 }
 
 pub(super) fn sale_from_item(sale_id: &SaleId, item: &Item) -> Option<SaleDefinition> {
@@ -266,17 +316,17 @@ mod tests {
     }
 
     #[test]
-    fn a_small_sale_gets_no_empty_bucket() {
+    fn a_small_sale_gets_few_buckets_a_big_one_the_configured_number() {
         let sale = |total| {
             SaleDefinition::new("s", "s", total, None, None, None, chrono::Utc::now())
                 .expect("a valid sale")
         };
-        assert_eq!(SaleLayout::for_new_sale(&sale(3), 32).buckets, 3);
-        assert_eq!(SaleLayout::for_new_sale(&sale(1000), 32).buckets, 32);
-        assert_eq!(
-            SaleLayout::for_new_sale(&sale(1000), 500).buckets,
-            MAX_BUCKETS
-        );
-        assert_eq!(SaleLayout::for_new_sale(&sale(1000), 0).buckets, 1);
+        let buckets =
+            |total, configured| SaleLayout::for_new_sale(&sale(total), configured).buckets;
+        assert_eq!(buckets(3, 32), 1);
+        assert_eq!(buckets(1000, 32), 15);
+        assert_eq!(buckets(100_000, 32), 32);
+        assert_eq!(buckets(100_000, 500), MAX_BUCKETS);
+        assert_eq!(buckets(100_000, 0), 1);
     }
 }

@@ -9,6 +9,8 @@
 //!   DynamoDB cancels transactions that meet on an item);
 //! - a conflict on the home counter moves home elsewhere, at random: two
 //!   instances that met part, and a crowd of them spreads out;
+//! - when home runs dry, another is picked at random among those believed
+//!   to have room;
 //! - what each bucket has left is believed, not read, until a counter
 //!   refuses a charge; then all are read (one strongly consistent batch)
 //!   and the batch is planned again. A counter only ever grows (nothing
@@ -153,7 +155,9 @@ impl Inner {
                 *r = r.saturating_sub(units);
             }
             // Home ran dry: a random one next, not the neighbour every
-            // committer spills into.
+            // committer spills into. (Reading the counters first, to pick
+            // one surely with room, measured slower: a read per dry bucket
+            // costs more than the occasional refused batch.)
             if b.room[usize::from(b.home)] == 0 {
                 b.home = b.elsewhere();
             }
