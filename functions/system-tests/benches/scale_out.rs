@@ -1,9 +1,10 @@
 //! `cargo bench -p system-tests --bench scale_out`: one sale on many order
 //! instances, through the DynamoDB limits proxy (`infra/ddb-limits`: real
 //! DynamoDB's 1,000 WCU/s and 3,000 RCU/s per partition key, transactions
-//! cancelled on conflicting items), on real Redis and DynamoDB Local. The
-//! baseline of today's ledger, which keeps a whole sale on one partition key
-//! and one counter item: the figures a ledger whose writes spread must beat.
+//! cancelled on conflicting items), on real Redis and DynamoDB Local. It
+//! measured the one-partition ledger (the baseline in `load/capacity.md`)
+//! and measures the ledger whose writes spread over a sale's buckets
+//! (`ledger/dynamo/schema.rs`).
 //!
 //! The instances, the stack and the proxy run on one Tokio runtime, the
 //! buyers on another (Lambda-shaped environments on threads of their own,

@@ -126,7 +126,7 @@ impl Inner {
                 answers[i] = Some(Ok(ConfirmOutcome::NotLive));
             }
         }
-        let mut backoff = Duration::from_millis(5);
+        let mut backoff = Duration::from_millis(2);
         let mut rounds = 0;
         while !live.is_empty() {
             rounds += 1;
@@ -179,14 +179,14 @@ impl Inner {
                 }
                 Ok(Transacted::Contended(codes)) => {
                     let codes = codes_by_order(&item_layout, &codes, now.len());
-                    if self.contended(&sale, layout, &codes.contended_counters) {
-                        // Charged elsewhere next: no reason to wait, only
-                        // to part from whoever else just chose the same.
-                        tokio::time::sleep(jittered(Duration::from_millis(1), 1.0)).await;
-                    } else {
-                        tokio::time::sleep(jittered(backoff, 1.0)).await;
-                        backoff = (backoff * 2).min(Duration::from_millis(200));
-                    }
+                    self.contended(&sale, layout, &codes.contended_counters);
+                    // Charged elsewhere next, after a short, jittered wait
+                    // that doubles while the meetings go on: one meeting
+                    // parts two committers at once, and a crowd of them
+                    // (more committers than buckets: Lambda environments,
+                    // one order each) backs off instead of storming.
+                    tokio::time::sleep(jittered(backoff, 1.0)).await;
+                    backoff = (backoff * 2).min(Duration::from_millis(200));
                 }
                 Ok(Transacted::Refused(codes)) => {
                     let codes = codes_by_order(&item_layout, &codes, now.len());
