@@ -172,29 +172,7 @@ async fn of_two_instances_rebuilding_at_once_one_reads_the_ledger() {
 /// An order whose checkout was in flight when Redis lost the sale lands
 /// in the ledger, and settles, while another instance loads the sale.
 async fn confirm_and_settle(ledger: &PagingLedger, gate: &Arc<dyn StockGate>, s: &SaleDefinition) {
-    let order = Order {
-        order_id: OrderId {
-            sale_id: s.sale_id.clone(),
-            hold_id: HoldId::random(),
-        },
-        user_id: user(),
-        quantity: 1,
-        created_at: chrono::Utc::now(),
-        idempotency_key: None,
-    };
-    let written = ledger
-        .confirm(&ConfirmRequest {
-            order: order.clone(),
-            attempt: 1,
-            stock_total: s.stock_total,
-            per_user_limit: s.per_user_limit,
-        })
-        .await
-        .unwrap();
-    assert!(
-        matches!(written, ConfirmOutcome::Confirmed(_)),
-        "{written:?}"
-    );
+    let order = confirm_lost_order(ledger, s).await;
     let hold = as_settled_hold(&order);
     let adopted = gate.settle(&s.sale_id, &[hold]).await.unwrap();
     assert_eq!(adopted, Some(1), "adopted while loading");
@@ -271,10 +249,11 @@ async fn confirm_lost_order(ledger: &PagingLedger, s: &SaleDefinition) -> Order 
         stock_total: s.stock_total,
         per_user_limit: s.per_user_limit,
     };
-    assert!(matches!(
-        ledger.confirm(&request).await.unwrap(),
-        ConfirmOutcome::Confirmed(_)
-    ));
+    let written = ledger.confirm(&request).await.unwrap();
+    assert!(
+        matches!(written, ConfirmOutcome::Confirmed(_)),
+        "{written:?}"
+    );
     order
 }
 
