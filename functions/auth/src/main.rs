@@ -1,5 +1,10 @@
 //! `auth`: serve the auth function, or one of its admin chores.
 
+/// mimalloc, not the C library's allocator: see `mimalloc` in the workspace
+/// manifest for why (measured).
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 use clap::{Parser, Subcommand};
 
 #[derive(Parser)]

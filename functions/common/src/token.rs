@@ -14,8 +14,10 @@ use serde::{Deserialize, Serialize};
 use crate::config::ConfigError;
 
 pub mod admission;
+mod batch;
 mod cache;
 
+use batch::SignatureBatcher;
 use cache::VerifiedTokens;
 
 /// No legitimate token of ours comes near this; bigger ones are refused unread.
@@ -156,6 +158,7 @@ impl TokenSigner {
             issuer: self.issuer.clone(),
             audience: self.audience.clone(),
             verified: verified_cache(),
+            batcher: Default::default(),
         }
     }
 
@@ -204,13 +207,15 @@ impl TokenSigner {
 /// A stampede presents the same few thousand tokens over and over, and an
 /// Ed25519 verification costs tens of microseconds, so tokens that verified
 /// are remembered (bounded, sharded, evicted gradually: see `token/cache.rs`;
-/// expiry is still checked on every use).
+/// expiry is still checked on every use), and new tokens that arrive
+/// together have their signatures checked together (`token/batch.rs`).
 #[derive(Clone)]
 pub struct TokenVerifier {
     keys: Vec<(String, VerifyingKey)>,
     issuer: String,
     audience: String,
     verified: std::sync::Arc<VerifiedTokens>,
+    batcher: std::sync::Arc<SignatureBatcher>,
 }
 
 /// About how many verified tokens are remembered (one per buyer of a big
@@ -260,7 +265,35 @@ impl TokenVerifier {
             issuer: issuer.to_owned(),
             audience: audience.to_owned(),
             verified: verified_cache(),
+            batcher: Default::default(),
         })
+    }
+
+    /// Like [`verify_cached`](Self::verify_cached), but a new token's
+    /// signature is checked in a batch with the others arriving at the same
+    /// time (`token/batch.rs`): what a request handler calls.
+    pub async fn verify_batched(&self, token: &str, now: i64) -> Result<Claims, TokenError> {
+        if token.len() > MAX_TOKEN_BYTES {
+            return Err(TokenError::TooLarge);
+        }
+        if let Some(claims) = self.verified.get(token) {
+            return Self::check_time(claims, now);
+        }
+        let signed = self.signed_parts(token)?;
+        let verified = match signed.keys.as_slice() {
+            [key] => {
+                self.batcher
+                    .verify(key, signed.input.as_bytes(), &signed.signature)
+                    .await
+            }
+            keys => signed.verified_by_any(keys),
+        };
+        if !verified {
+            return Err(TokenError::BadSignature);
+        }
+        let claims = self.claims(signed.payload, now)?;
+        self.verified.insert(token, claims.clone());
+        Ok(claims)
     }
 
     /// Like [`verify`](Self::verify), remembering tokens that verified.
@@ -292,6 +325,16 @@ impl TokenVerifier {
         if token.len() > MAX_TOKEN_BYTES {
             return Err(TokenError::TooLarge);
         }
+        let signed = self.signed_parts(token)?;
+        if !signed.verified_by_any(&signed.keys) {
+            return Err(TokenError::BadSignature);
+        }
+        self.claims(signed.payload, now)
+    }
+
+    /// A token split into what its signature covers, the signature, and
+    /// the keys that may have made it (the one its `kid` names, or all).
+    fn signed_parts<'t>(&self, token: &'t str) -> Result<Signed<'t>, TokenError> {
         let mut parts = token.split('.');
         let (Some(h), Some(p), Some(s), None) =
             (parts.next(), parts.next(), parts.next(), parts.next())
@@ -311,21 +354,24 @@ impl TokenVerifier {
             .ok()
             .and_then(|b| b.try_into().ok())
             .ok_or(TokenError::Malformed)?;
-        let signature = Signature::from_bytes(&signature);
-        let signing_input = &token[..h.len() + 1 + p.len()];
-        let candidates = self
+        let keys = self
             .keys
             .iter()
-            .filter(|(kid, _)| header.kid.as_deref().is_none_or(|want| want == kid));
-        let verified = candidates.into_iter().any(|(_, key)| {
-            key.verify_strict(signing_input.as_bytes(), &signature)
-                .is_ok()
-        });
-        if !verified {
-            return Err(TokenError::BadSignature);
-        }
+            .filter(|(kid, _)| header.kid.as_deref().is_none_or(|want| want == kid))
+            .map(|(_, key)| *key)
+            .collect();
+        Ok(Signed {
+            input: &token[..h.len() + 1 + p.len()],
+            payload: p,
+            signature: Signature::from_bytes(&signature),
+            keys,
+        })
+    }
+
+    /// The claims of a token whose signature verified, checked.
+    fn claims(&self, payload: &str, now: i64) -> Result<Claims, TokenError> {
         let claims: Claims = B64
-            .decode(p)
+            .decode(payload)
             .ok()
             .and_then(|b| serde_json::from_slice(&b).ok())
             .ok_or(TokenError::Malformed)?;
@@ -336,6 +382,24 @@ impl TokenVerifier {
             return Err(TokenError::Malformed);
         }
         Self::check_time(claims, now)
+    }
+}
+
+/// A parsed token, before its signature is checked.
+struct Signed<'t> {
+    /// `header.payload`: what the signature covers.
+    input: &'t str,
+    payload: &'t str,
+    signature: Signature,
+    keys: Vec<VerifyingKey>,
+}
+
+impl Signed<'_> {
+    fn verified_by_any(&self, keys: &[VerifyingKey]) -> bool {
+        keys.iter().any(|key| {
+            key.verify_strict(self.input.as_bytes(), &self.signature)
+                .is_ok()
+        })
     }
 }
 
@@ -545,7 +609,7 @@ where
         let token =
             crate::http::bearer_token(&parts.headers).ok_or(crate::ApiError::Unauthorized)?;
         let now = chrono::Utc::now().timestamp();
-        match verifier.verify_cached(token, now) {
+        match verifier.verify_batched(token, now).await {
             Ok(claims) => Ok(AuthUser {
                 user_id: claims.sub,
             }),

@@ -1,5 +1,10 @@
 //! `stock`: serve the stock function, or run one of its admin chores.
 
+/// mimalloc, not the C library's allocator: see `mimalloc` in the workspace
+/// manifest for why (measured).
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 use std::sync::Arc;
 
 use clap::{Parser, Subcommand};

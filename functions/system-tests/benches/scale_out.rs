@@ -32,10 +32,15 @@
 //! `SCALE_SECONDS` (buyers' deadline per run, `90`), `SCALE_BIG_UNITS` /
 //! `SCALE_BIG_BUYERS` (`100000` / `200000`; `0` skips the run),
 //! `SCALE_BIG_SHAPE` / `SCALE_BIG_INSTANCES` (`http` / `16`),
-//! `SCALE_BIG_SECONDS` (`120`), `SCALE_TX_LATENCY_MS` (the proxy's hold on
-//! each transaction, `15`, as real transactions take 10–25 ms),
+//! `SCALE_BIG_SECONDS` (`300`: at ~700 orders/s the sale takes ~2.5 min
+//! here), `SCALE_TX_LATENCY_MS` (the proxy's hold on each transaction,
+//! `15`, as real transactions take 10–25 ms),
 //! `SCALE_BARE_SECONDS` / `SCALE_BARE_CONCURRENCY` (`10` / `64`).
 //! Figures are also written to the workspace's `target/bench-scale-out.json`.
+
+/// The functions' allocator (their `main.rs`), for the instances run here.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -86,6 +91,8 @@ struct Figures {
     sold: u64,
     /// The last `201`, if every unit was sold.
     sold_out_after: Option<Duration>,
+    /// When half, 90 % and 99 % of the `201`s had been answered.
+    created_after: [Option<Duration>; 3],
     elapsed: Duration,
     orders_per_s: f64,
     answered_503: usize,
@@ -111,6 +118,7 @@ impl Figures {
             "answers": self.by_answer,
             "sold": self.sold,
             "sold_out_s": self.sold_out_after.map(|d| d.as_secs_f64()),
+            "created_p50_p90_p99_s": self.created_after.map(|d| d.map(|d| d.as_secs_f64())),
             "elapsed_s": self.elapsed.as_secs_f64(),
             "orders_per_s": self.orders_per_s,
             "per_1000_checkouts": {
@@ -165,7 +173,16 @@ fn print(f: &Figures) {
         f.per_thousand(f.answered_503 as u64),
         f.proxy.max_partition_wcu_per_s,
     );
-    println!("{:<22} answers {:?}", "", f.by_answer);
+    let at =
+        |d: Option<Duration>| d.map_or("-".to_owned(), |d| format!("{:.2} s", d.as_secs_f64()));
+    println!(
+        "{:<22} 201s by {} (half), {} (90 %), {} (99 %); answers {:?}",
+        "",
+        at(f.created_after[0]),
+        at(f.created_after[1]),
+        at(f.created_after[2]),
+        f.by_answer
+    );
 }
 
 /// Starts the proxy and a cluster behind it, both on `server`.
@@ -225,6 +242,7 @@ fn figures(
         by_answer: wave.by_answer(),
         sold,
         sold_out_after,
+        created_after: [0.5, 0.9, 0.99].map(|f| wave.created_after_fraction(f)),
         elapsed: wave.elapsed,
         orders_per_s: sold as f64 / took.as_secs_f64().max(1e-3),
         answered_503: wave.count(503),
@@ -381,9 +399,12 @@ async fn bare_ceiling(
 
 // ------------------------------------------------------------ main
 
-fn runtime() -> Runtime {
+/// A runtime of two workers, its threads named (so a profile tells the
+/// instances from the buyers: `perf report --sort comm`).
+fn runtime(name: &str) -> Runtime {
     tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
+        .thread_name(name)
         .enable_all()
         .build()
         .expect("runtime")
@@ -409,8 +430,8 @@ fn main() {
         seconds: env_or("SCALE_SECONDS", 90),
     };
     let tx_latency = Duration::from_millis(env_or("SCALE_TX_LATENCY_MS", 15));
-    let server = runtime();
-    let client = runtime();
+    let server = runtime("instances");
+    let client = runtime("buyers");
     common::telemetry::init("bench-scale-out");
 
     println!(
@@ -442,7 +463,7 @@ fn main() {
         instances: env_or("SCALE_BIG_INSTANCES", 16),
         units: env_or("SCALE_BIG_UNITS", 100_000),
         buyers: env_or("SCALE_BIG_BUYERS", 200_000),
-        seconds: env_or("SCALE_BIG_SECONDS", 120),
+        seconds: env_or("SCALE_BIG_SECONDS", 300),
         ..base
     };
     let mut big_json = Value::Null;

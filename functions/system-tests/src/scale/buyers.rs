@@ -233,6 +233,22 @@ impl Wave {
             .max()
     }
 
+    /// When the given fraction of all the `201`s had been answered, from
+    /// the start: how a sell-out time splits into the bulk and its tail.
+    pub fn created_after_fraction(&self, fraction: f64) -> Option<Duration> {
+        let mut times: Vec<Duration> = self
+            .outcomes
+            .iter()
+            .flat_map(|o| &o.attempts)
+            .filter(|a| a.status == 201)
+            .map(|a| a.at.duration_since(self.started))
+            .collect();
+        times.sort_unstable();
+        let last = times.len().checked_sub(1)?;
+        let at = ((times.len() as f64 * fraction).ceil() as usize).clamp(1, times.len()) - 1;
+        times.get(at.min(last)).copied()
+    }
+
     pub fn count(&self, status: u16) -> usize {
         self.outcomes
             .iter()

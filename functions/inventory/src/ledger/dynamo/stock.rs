@@ -4,21 +4,23 @@
 //! ledger can never hold more than the sale's stock whatever is charged
 //! where. Where to charge is a matter of speed only:
 //!
-//! - each instance charges one *home* bucket, picked at random, so that
-//!   instances rarely write the same counter at the same time (real
+//! - each instance walks the buckets in an order of its own, shuffled at
+//!   random, and charges the first of them (its *home*) while it has room,
+//!   so that instances rarely write the same counter at the same time (real
 //!   DynamoDB cancels transactions that meet on an item);
-//! - a conflict on the home counter moves home elsewhere, at random: two
-//!   instances that met part, and a crowd of them spreads out;
-//! - when home runs dry, another is picked at random among those believed
-//!   to have room;
+//! - a batch home cannot cover takes the rest from the next buckets of the
+//!   instance's own order, not from home's neighbours, which would be every
+//!   instance's spill-over (measured: a batch spilling into a neighbour
+//!   another instance was writing conflicted up to five times in a row);
+//! - a counter another transaction was writing (a conflict) goes to the
+//!   end of the walk, home or not: two instances that met part, and a crowd
+//!   of them spreads out; a bucket that runs dry goes to the end too;
 //! - what each bucket has left is believed, not read, until a counter
 //!   refuses a charge; then all are read (one strongly consistent batch)
 //!   and the batch is planned again. A counter only ever grows (nothing
 //!   leaves the ledger), so a belief, made from the capacities or from a
 //!   read and lowered by this instance's own charges, is never below the
 //!   truth: an order the believed room cannot cover is sold out.
-
-use rand::Rng;
 
 use super::schema::SaleLayout;
 use super::{lock, Inner};
@@ -36,7 +38,9 @@ pub(super) struct Counter {
 pub(super) struct Buckets {
     /// At least what each bucket has left (see above).
     room: Vec<u64>,
-    home: u16,
+    /// Every bucket once, in the order this instance charges them: home
+    /// first, buckets with room before dry ones.
+    walk: Vec<u16>,
 }
 
 /// What a plan does with one order of the batch.
@@ -59,42 +63,59 @@ pub(super) struct Plan {
 
 impl Buckets {
     fn new(layout: SaleLayout) -> Self {
+        use rand::seq::SliceRandom as _;
+        let mut walk: Vec<u16> = (0..layout.buckets.max(1)).collect();
+        walk.shuffle(&mut rand::thread_rng());
         Self {
             room: (0..layout.buckets).map(|k| layout.capacity(k)).collect(),
-            home: rand::thread_rng().gen_range(0..layout.buckets.max(1)),
+            walk,
         }
     }
 
-    /// A bucket other than home with room, at random (home if none).
-    fn elsewhere(&self) -> u16 {
-        let others: Vec<u16> = (0..self.room.len() as u16)
-            .filter(|&k| k != self.home && self.room[usize::from(k)] > 0)
-            .collect();
-        if others.is_empty() {
-            return self.home;
-        }
-        others[rand::thread_rng().gen_range(0..others.len())]
+    fn home(&self) -> u16 {
+        self.walk.first().copied().unwrap_or(0)
+    }
+
+    /// Dry buckets to the end of the walk (the order otherwise kept).
+    fn dry_last(&mut self) {
+        let room = &self.room;
+        self.walk
+            .sort_by_key(|&k| room.get(usize::from(k)).is_none_or(|&r| r == 0));
+    }
+
+    /// These counters were being written by another transaction: to the
+    /// end of the walk (before the dry ones). Whether home moved.
+    fn avoid(&mut self, counters: &[u16]) -> bool {
+        let home = self.home();
+        let (mut kept, met): (Vec<u16>, Vec<u16>) =
+            self.walk.iter().partition(|k| !counters.contains(k));
+        kept.extend(met);
+        self.walk = kept;
+        self.dry_last();
+        self.home() != home
     }
 
     /// Orders in batch order, each charged from home first, then from the
-    /// next buckets round; an order the buckets cannot cover is skipped
-    /// (a smaller one after it may fit). At most `max_counters` counters.
+    /// next buckets of the walk; an order the buckets cannot cover is
+    /// skipped (a smaller one after it may fit). At most `max_counters`
+    /// counters.
     fn plan(&self, quantities: &[u64], max_counters: usize) -> Plan {
-        let n = self.room.len();
         let mut room = self.room.clone();
         let mut charges: Vec<(u16, u64)> = Vec::new();
         let mut cover = Vec::with_capacity(quantities.len());
         for &q in quantities {
             let mut take: Vec<(u16, u64)> = Vec::new();
             let mut need = q;
-            for step in 0..n {
+            for &k in &self.walk {
                 if need == 0 {
                     break;
                 }
-                let k = (usize::from(self.home) + step) % n;
-                let units = room[k].min(need);
+                let Some(left) = room.get(usize::from(k)) else {
+                    continue;
+                };
+                let units = (*left).min(need);
                 if units > 0 {
-                    take.push((k as u16, units));
+                    take.push((k, units));
                     need -= units;
                 }
             }
@@ -154,13 +175,12 @@ impl Inner {
                 let r = &mut b.room[usize::from(k)];
                 *r = r.saturating_sub(units);
             }
-            // Home ran dry: a random one next, not the neighbour every
-            // committer spills into. (Reading the counters first, to pick
-            // one surely with room, measured slower: a read per dry bucket
-            // costs more than the occasional refused batch.)
-            if b.room[usize::from(b.home)] == 0 {
-                b.home = b.elsewhere();
-            }
+            // Home ran dry: the next of the walk, which is random, not the
+            // neighbour every committer would spill into. (Reading the
+            // counters first, to pick one surely with room, measured
+            // slower: a read per dry bucket costs more than the occasional
+            // refused batch.)
+            b.dry_last();
         });
     }
 
@@ -177,19 +197,16 @@ impl Inner {
                 .iter()
                 .map(|c| c.capacity.saturating_sub(c.confirmed))
                 .collect();
-            if b.room[usize::from(b.home)] == 0 {
-                b.home = b.elsewhere();
-            }
+            b.dry_last();
         });
         Ok(())
     }
 
-    /// Another transaction wrote one of these counters at the same time:
-    /// go elsewhere next time.
+    /// Another transaction wrote these counters at the same time: charge
+    /// them last from now on.
     pub(super) fn contended(&self, sale: &SaleId, layout: SaleLayout, counters: &[u16]) {
         self.with_buckets(sale, layout, |b| {
-            if counters.contains(&b.home) {
-                b.home = b.elsewhere();
+            if b.avoid(counters) {
                 common::metrics::counter("ledger_bucket_moves_total").inc();
             }
         });
@@ -200,10 +217,12 @@ impl Inner {
 mod tests {
     use super::*;
 
+    /// Buckets walked from `home` round, as a shuffled walk might be.
     fn buckets(room: &[u64], home: u16) -> Buckets {
+        let n = room.len() as u16;
         Buckets {
             room: room.to_vec(),
-            home,
+            walk: (0..n).map(|step| (home + step) % n).collect(),
         }
     }
 
@@ -239,13 +258,46 @@ mod tests {
     }
 
     #[test]
-    fn moving_home_goes_to_a_bucket_with_room() {
-        let mut b = buckets(&[0, 4, 0, 0], 0);
-        for _ in 0..20 {
-            b.home = 0;
-            assert_eq!(b.elsewhere(), 1);
+    fn a_dry_home_gives_way_to_the_next_bucket_of_the_walk_with_room() {
+        let mut b = buckets(&[0, 0, 4, 0, 3], 0);
+        b.dry_last();
+        assert_eq!(b.home(), 2);
+        assert_eq!(b.walk, vec![2, 4, 0, 1, 3], "dry ones last, order kept");
+        b = buckets(&[0, 0], 1);
+        b.dry_last();
+        assert_eq!(b.home(), 1, "no bucket has room: home stays");
+    }
+
+    #[test]
+    fn a_contended_counter_is_charged_last_and_spill_over_avoids_it() {
+        // Home 0 has 2 left; a batch of 5 spilled into 1, which another
+        // instance was writing.
+        let mut b = buckets(&[2, 10, 10, 10], 0);
+        assert_eq!(b.plan(&[5], 10).charges, vec![(0, 2), (1, 3)]);
+        assert!(!b.avoid(&[1]), "home stays");
+        assert_eq!(b.plan(&[5], 10).charges, vec![(0, 2), (2, 3)]);
+        // Now home itself met another: it moves, and is charged last.
+        assert!(b.avoid(&[0]));
+        assert_eq!(b.home(), 2);
+        assert_eq!(b.walk, vec![2, 3, 1, 0]);
+        assert_eq!(b.plan(&[5], 10).charges, vec![(2, 5)]);
+    }
+
+    #[test]
+    fn each_instance_walks_the_buckets_in_its_own_order() {
+        let layout = SaleLayout {
+            buckets: 16,
+            stock_total: 1600,
+            starts_at: chrono::Utc::now(),
+            ends_at: None,
+        };
+        let walks: std::collections::HashSet<Vec<u16>> =
+            (0..20).map(|_| Buckets::new(layout).walk).collect();
+        assert!(walks.len() > 1, "shuffled, not one order for all");
+        for walk in &walks {
+            let mut sorted = walk.clone();
+            sorted.sort_unstable();
+            assert_eq!(sorted, (0..16).collect::<Vec<u16>>(), "every bucket once");
         }
-        b = buckets(&[0, 0], 0);
-        assert_eq!(b.elsewhere(), 0, "no bucket has room: home stays");
     }
 }
