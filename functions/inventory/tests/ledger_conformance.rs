@@ -234,39 +234,42 @@ async fn a_voided_attempt_can_never_be_confirmed_but_a_later_one_can() {
     }
 }
 
+/// A key is scoped to its user and its sale (`ledger/dynamo/schema.rs`):
+/// the same key on another sale is another request, with its own order.
 #[tokio::test]
-async fn an_idempotency_key_names_one_order_across_sales() {
+async fn an_idempotency_key_is_scoped_to_its_sale() {
     for (name, ledger) in ledgers().await {
         let (a, b) = (sale(5, 1), sale(5, 1));
         created(&ledger, &a).await;
         created(&ledger, &b).await;
         let u = user();
         let first = order(&a, &u, 1, Some("same-key"));
-        assert!(matches!(
+        assert_eq!(
             ledger.confirm(&request(&a, &first, 1)).await.unwrap(),
-            ConfirmOutcome::Confirmed(_)
-        ));
+            ConfirmOutcome::Confirmed(first.clone()),
+            "{name}"
+        );
         let other = order(&b, &u, 1, Some("same-key"));
-        match ledger.confirm(&request(&b, &other, 1)).await.unwrap() {
-            ConfirmOutcome::KeyUsed(existing) => {
-                assert_eq!(existing.order_id, first.order_id, "{name}")
+        assert_eq!(
+            ledger.confirm(&request(&b, &other, 1)).await.unwrap(),
+            ConfirmOutcome::Confirmed(other.clone()),
+            "{name}"
+        );
+        assert_ne!(first.order_id, other.order_id, "{name}: two orders");
+        for s in [&a, &b] {
+            assert_eq!(
+                ledger.confirmed_units(&s.sale_id).await.unwrap(),
+                1,
+                "{name}: one unit in each sale"
+            );
+        }
+        // In its own sale the key still names its one order.
+        match ledger.confirm(&request(&a, &first, 2)).await.unwrap() {
+            ConfirmOutcome::AlreadyConfirmed(found) => {
+                assert!(same_order(&found, &first), "{name}")
             }
             x => panic!("{name}: {x:?}"),
         }
-        assert_eq!(
-            ledger.confirmed_units(&b.sale_id).await.unwrap(),
-            0,
-            "{name}: nothing written in b"
-        );
-        // Another user may use the same key freely.
-        let theirs = order(&b, &user(), 1, Some("same-key"));
-        assert!(
-            matches!(
-                ledger.confirm(&request(&b, &theirs, 1)).await.unwrap(),
-                ConfirmOutcome::Confirmed(_)
-            ),
-            "{name}"
-        );
     }
 }
 

@@ -20,8 +20,8 @@
 //!    labelled as such;
 //! 3. DynamoDB Local's own ceiling on this machine with a bare client, no
 //!    proxy and no engine: the transaction shapes `ledger/dynamo` writes
-//!    (one order: a stock counter + the user item + the idempotency key; a
-//!    group commit: one counter and 24 orders), many at once, on one sale.
+//!    (one order: a stock counter + the user item; a group commit: one
+//!    counter and 24 orders), many at once, on one sale.
 //!
 //! Every buyer is its own user with its own Idempotency-Key and retries a
 //! `503` after its `Retry-After`, as the scale-out tests' buyers do.
@@ -46,7 +46,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use aws_sdk_dynamodb::types::{AttributeValue, Put, TransactWriteItem, Update};
+use aws_sdk_dynamodb::types::{AttributeValue, TransactWriteItem, Update};
 use serde_json::{json, Value};
 use system_tests::scale::buyers::{stampede, Wave};
 use system_tests::scale::{Cluster, ScaleOptions, Shape};
@@ -289,9 +289,9 @@ fn counter(table: &str, sale: &str, k: u16, qty: usize, now: &str) -> TransactWr
     TransactWriteItem::builder().update(update).build()
 }
 
-/// One order's own items, as the ledger writes them: the user's item on
-/// the partition of the user's bucket (a random one here: user ids hash
-/// evenly) with the order set on it, and the Idempotency-Key record.
+/// One order's item, as the ledger writes it: the user's item on the
+/// partition of the user's bucket (a random one here: user ids hash
+/// evenly) with the order set on it.
 fn order_items(table: &str, sale: &str, now: &str) -> Vec<TransactWriteItem> {
     let user = ulid::Ulid::new().to_string();
     let home = format!("SALE#{sale}#P{}", rand::random::<u16>() % BUCKETS);
@@ -325,18 +325,7 @@ fn order_items(table: &str, sale: &str, now: &str) -> Vec<TransactWriteItem> {
         .expression_attribute_values(":max_before", n(0))
         .build()
         .expect("a complete update");
-    let idem = Put::builder()
-        .table_name(table)
-        .item("pk", s(format!("USER#{user}")))
-        .item("sk", s(format!("IDEM#{key}")))
-        .item("order_id", s(format!("{sale}.{hold}")))
-        .condition_expression("attribute_not_exists(pk)")
-        .build()
-        .expect("a complete put");
-    vec![
-        TransactWriteItem::builder().update(user_item).build(),
-        TransactWriteItem::builder().put(idem).build(),
-    ]
+    vec![TransactWriteItem::builder().update(user_item).build()]
 }
 
 /// One transaction of `batch` orders on one sale, like a group commit.

@@ -264,12 +264,20 @@ async fn an_idempotency_key_replays_the_very_same_order() {
         )
         .await
         .assert_error(409, "idempotency_key_reused");
+    // A key is scoped to its sale: on another sale it is another request.
     let other_sale = stack.create_sale(5, 2).await;
-    stack
+    let elsewhere = stack
         .checkout(&token, &json!({"sale_id": other_sale}), Some("order-1"))
-        .await
-        .assert_error(409, "idempotency_key_reused");
-    assert_eq!(stack.sale_view(&other_sale).await["stock_remaining"], 5);
+        .await;
+    assert_eq!(elsewhere.status, 201, "{}", elsewhere.body);
+    assert_eq!(elsewhere.body["sale_id"], other_sale.as_str());
+    assert_ne!(elsewhere.body["order_id"], first.body["order_id"]);
+    assert_eq!(stack.sale_view(&other_sale).await["stock_remaining"], 4);
+    assert_eq!(
+        stack.sale_view(&sale).await["stock_remaining"],
+        4,
+        "the first sale is untouched"
+    );
     // Another user may use the same key.
     let (_, other) = stack.new_user();
     assert_eq!(

@@ -184,14 +184,6 @@ impl Inventory {
                     InventoryError::LimitReached
                 })
             }
-            ConfirmOutcome::KeyUsed(existing) => {
-                self.release(sale, &hold).await;
-                if existing.sale_id() == &req.sale_id && existing.quantity == req.quantity {
-                    Ok(Checkout::Replayed(existing))
-                } else {
-                    Err(InventoryError::KeyReused)
-                }
-            }
         }
     }
 

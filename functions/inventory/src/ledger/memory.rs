@@ -23,7 +23,6 @@ struct State {
     /// Ordered, so that a sale's orders are read a page at a time by
     /// range, as the DynamoDB ledger reads its partitions.
     orders: BTreeMap<(SaleId, String, HoldId), Entry>,
-    keys: HashMap<(String, String), OrderId>,
 }
 
 #[derive(Default)]
@@ -80,23 +79,6 @@ impl Ledger for MemoryLedger {
             }
             _ => {}
         }
-        if let Some(k) = &o.idempotency_key {
-            if let Some(other) = state.keys.get(&(o.user_id.clone(), k.clone())) {
-                let other_key = (
-                    other.sale_id.clone(),
-                    o.user_id.clone(),
-                    other.hold_id.clone(),
-                );
-                return match state.orders.get(&other_key) {
-                    Some(Entry::Confirmed(existing)) => {
-                        Ok(ConfirmOutcome::KeyUsed(existing.clone()))
-                    }
-                    _ => Err(LedgerError::Definite(
-                        "idempotency record names no order".into(),
-                    )),
-                };
-            }
-        }
         let qty = u64::from(o.quantity);
         let Some((sale, confirmed)) = state.sales.get(o.sale_id()) else {
             return Ok(ConfirmOutcome::SoldOut);
@@ -120,11 +102,6 @@ impl Ledger for MemoryLedger {
         }
         *state.user_units.entry(user_key).or_default() += qty;
         state.orders.insert(key, Entry::Confirmed(o.clone()));
-        if let Some(k) = &o.idempotency_key {
-            state
-                .keys
-                .insert((o.user_id.clone(), k.clone()), o.order_id.clone());
-        }
         Ok(ConfirmOutcome::Confirmed(o.clone()))
     }
 

@@ -47,8 +47,6 @@ pub enum ConfirmOutcome {
     /// The hold was taken outside the sale's window (by the gate's clock):
     /// the ledger keeps the window too, whatever an instance's clock says.
     NotLive,
-    /// The Idempotency-Key names another order already.
-    KeyUsed(Order),
 }
 
 /// One page of a sale's confirmed orders ([`Ledger::sale_orders_page`]).

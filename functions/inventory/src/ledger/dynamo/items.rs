@@ -7,7 +7,10 @@
 //! |---------------------------------------|--------------------------------------------------------|
 //! | `STOCK` of each bucket charged        | `confirmed + units <= capacity`, inside the sale window |
 //! | per order: its user's `USER#<user>` item, `o_<hold>` set | no order there, or only the void of an *older* attempt; and `confirmed + q <= per_user_limit` |
-//! | per order: `IDEM#<key>` put (if keyed) | the key names no order yet                             |
+//!
+//! One item per order: a keyed order's hold id is a hash of (user, key), so
+//! `o_<hold>` on the user's item of the sale is also the key's record in
+//! that sale (see `schema.rs` on the scope of a key).
 //!
 //! The counters' capacities add up to the stock, so no plan of charges can
 //! make the ledger hold more than the stock. [`Layout`] says which order
@@ -16,22 +19,20 @@
 
 use std::collections::HashMap;
 
-use aws_sdk_dynamodb::types::{AttributeValue, Put, TransactWriteItem, Update};
+use aws_sdk_dynamodb::types::{AttributeValue, TransactWriteItem, Update};
 
-use super::schema::{
-    bucket_pk, entry, idem_pk, idem_sk, order_attr, user_sk, Entry, SaleLayout, STOCK_SK,
-};
+use super::schema::{bucket_pk, entry, order_attr, user_sk, Entry, SaleLayout, STOCK_SK};
 use super::stock::Plan;
-use super::{build_error, get_s, n, s, Inner};
+use super::{build_error, n, s, Inner};
 use crate::ledger::{ConfirmOutcome, ConfirmRequest, LedgerError};
-use crate::sale::{rfc3339, OrderId, SaleId};
+use crate::sale::{rfc3339, SaleId};
 
-/// What each transaction item is: a bucket counter, or item `k` of the
-/// batch's order `i` (0 its user item, 1 its idempotency key).
+/// What each transaction item is: a bucket counter, or the user item of
+/// the batch's order `i`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(super) enum Owner {
     Counter(u16),
-    Order { i: usize, k: usize },
+    Order(usize),
 }
 
 pub(super) struct Layout {
@@ -56,15 +57,6 @@ pub(super) const MAX_ITEMS: usize = 100;
 
 /// The cancellation code DynamoDB gives an item whose condition failed.
 pub(super) const CONDITION_FAILED: &str = "ConditionalCheckFailed";
-
-fn failed_at(codes: &[Option<String>], i: usize) -> bool {
-    codes.get(i).and_then(|c| c.as_deref()) == Some(CONDITION_FAILED)
-}
-
-/// An order's own items: how many it has.
-pub(super) fn own_item_count(req: &ConfirmRequest) -> usize {
-    1 + usize::from(req.order.idempotency_key.is_some())
-}
 
 impl Inner {
     /// `confirmed += units` on bucket k, only while that stays within its
@@ -95,14 +87,13 @@ impl Inner {
             .map_err(build_error)
     }
 
-    /// The order's own items: its user item (the order, and the user's
-    /// total within the limit, in one conditional update), and its
-    /// idempotency key.
-    fn own_items(
+    /// The order's item: its user's item, the order set on it and the
+    /// user's total raised within the limit, in one conditional update.
+    fn order_item(
         &self,
         layout: SaleLayout,
         req: &ConfirmRequest,
-    ) -> Result<Vec<TransactWriteItem>, LedgerError> {
+    ) -> Result<TransactWriteItem, LedgerError> {
         let o = &req.order;
         let qty = u64::from(o.quantity);
         let mut entry = HashMap::from([
@@ -140,23 +131,11 @@ impl Inner {
             )
             .build()
             .map_err(build_error)?;
-        let mut items = vec![TransactWriteItem::builder().update(user_update).build()];
-        if let Some(key) = &o.idempotency_key {
-            let idem = Put::builder()
-                .table_name(&self.table)
-                .item("pk", s(idem_pk(&o.user_id)))
-                .item("sk", s(idem_sk(key)))
-                .item("order_id", s(o.order_id.to_string()))
-                .condition_expression("attribute_not_exists(pk)")
-                .build()
-                .map_err(build_error)?;
-            items.push(TransactWriteItem::builder().put(idem).build());
-        }
-        Ok(items)
+        Ok(TransactWriteItem::builder().update(user_update).build())
     }
 
-    /// The counters of the plan, then each order's own items, and which
-    /// order each item belongs to.
+    /// The counters of the plan, then each order's item, and which order
+    /// each item belongs to.
     pub(super) fn batch_items(
         &self,
         layout: SaleLayout,
@@ -178,9 +157,8 @@ impl Inner {
             owners.push(Owner::Counter(charge.0));
         }
         for (i, req) in batch.iter().enumerate() {
-            let own = self.own_items(layout, req)?;
-            owners.extend((0..own.len()).map(|k| Owner::Order { i, k }));
-            items.extend(own);
+            items.push(self.order_item(layout, req)?);
+            owners.push(Owner::Order(i));
         }
         if items.len() > MAX_ITEMS {
             return Err(LedgerError::Definite(format!(
@@ -191,65 +169,40 @@ impl Inner {
         Ok((items, Layout { owners }))
     }
 
-    /// Why one order was refused, from the cancellation codes of its own
-    /// items (`own[k]`: 0 its user item, 1 its key), checked in order of
-    /// meaning; `None` if none of its own items refused.
+    /// Why one order was refused, its user item having failed its
+    /// condition: this order (or a void of it) is there, or the user's
+    /// total would pass the limit.
     pub(super) async fn explain_refusal(
         &self,
         layout: SaleLayout,
         req: &ConfirmRequest,
-        own: &[Option<String>],
-    ) -> Result<Option<ConfirmOutcome>, LedgerError> {
+    ) -> Result<ConfirmOutcome, LedgerError> {
         let o = &req.order;
-        if failed_at(own, 0) {
-            // The user item refused: this order (or a void of it) is there,
-            // or the user's total would pass the limit.
-            let pk = bucket_pk(o.sale_id(), layout.user_bucket(&o.user_id));
-            let item = self.get(pk, user_sk(&o.user_id)).await?;
-            return Ok(Some(
-                match item.as_ref().and_then(|i| entry(i, &o.order_id.hold_id)) {
-                    Some(Entry::Confirmed(existing)) => ConfirmOutcome::AlreadyConfirmed(existing),
-                    Some(Entry::Void { attempt }) if attempt >= req.attempt => {
-                        ConfirmOutcome::Voided
-                    }
-                    _ => ConfirmOutcome::LimitReached,
-                },
-            ));
-        }
-        if failed_at(own, 1) {
-            if let Some(key) = &o.idempotency_key {
-                let idem = self.get(idem_pk(&o.user_id), idem_sk(key)).await?;
-                let other = idem
-                    .as_ref()
-                    .and_then(|i| get_s(i, "order_id"))
-                    .and_then(OrderId::parse);
-                if let Some(other) = other {
-                    if let Some(existing) = self.get_order(&other, &o.user_id).await? {
-                        return Ok(Some(ConfirmOutcome::KeyUsed(existing)));
-                    }
-                }
-                return Err(LedgerError::Definite(format!(
-                    "idempotency record for {key} names no order"
-                )));
-            }
-        }
-        Ok(None)
+        let pk = bucket_pk(o.sale_id(), layout.user_bucket(&o.user_id));
+        let item = self.get(pk, user_sk(&o.user_id)).await?;
+        Ok(
+            match item.as_ref().and_then(|i| entry(i, &o.order_id.hold_id)) {
+                Some(Entry::Confirmed(existing)) => ConfirmOutcome::AlreadyConfirmed(existing),
+                Some(Entry::Void { attempt }) if attempt >= req.attempt => ConfirmOutcome::Voided,
+                _ => ConfirmOutcome::LimitReached,
+            },
+        )
     }
 }
 
 /// A cancelled batch's codes: the counters that refused, the counters that
-/// were contended, and each order's own codes.
+/// were contended, and each order's code.
 pub(super) struct Codes {
     pub refused_counters: Vec<u16>,
     pub contended_counters: Vec<u16>,
-    pub own: Vec<Vec<Option<String>>>,
+    pub orders: Vec<Option<String>>,
 }
 
 pub(super) fn codes_by_order(layout: &Layout, codes: &[Option<String>], orders: usize) -> Codes {
     let mut out = Codes {
         refused_counters: Vec::new(),
         contended_counters: Vec::new(),
-        own: vec![Vec::new(); orders],
+        orders: vec![None; orders],
     };
     for (idx, owner) in layout.owners.iter().enumerate() {
         let code = codes.get(idx).cloned().flatten();
@@ -259,19 +212,17 @@ pub(super) fn codes_by_order(layout: &Layout, codes: &[Option<String>], orders: 
                 Some("TransactionConflict") => out.contended_counters.push(k),
                 _ => {}
             },
-            Owner::Order { i, k } => {
-                let slots = &mut out.own[i];
-                if slots.len() <= k {
-                    slots.resize(k + 1, None);
+            Owner::Order(i) => {
+                if let Some(slot) = out.orders.get_mut(i) {
+                    *slot = code;
                 }
-                slots[k] = code;
             }
         }
     }
     out
 }
 
-/// Does this order's own part of a cancelled batch carry a failed condition?
-pub(super) fn refused(own: &[Option<String>]) -> bool {
-    own.iter().any(|c| c.as_deref() == Some(CONDITION_FAILED))
+/// Did this order's item fail its condition in a cancelled batch?
+pub(super) fn refused(code: &Option<String>) -> bool {
+    code.as_deref() == Some(CONDITION_FAILED)
 }
