@@ -24,7 +24,10 @@
 //!    counter and 24 orders), many at once, on one sale.
 //!
 //! Every buyer is its own user with its own Idempotency-Key and retries a
-//! `503` after its `Retry-After`, as the scale-out tests' buyers do.
+//! `503` after its `Retry-After`, as the scale-out tests' buyers do, and
+//! every run ends with their audit (`system_tests::scale::audit`): each
+//! answer against the contract, the ledger and the gate against every
+//! guarantee; violations are printed and written to the JSON.
 //!
 //! Settings (environment): `SCALE_INSTANCES` (default `1,4,16`),
 //! `SCALE_SHAPES` (`http,lambda`), `SCALE_UNITS` / `SCALE_BUYERS`
@@ -48,7 +51,8 @@ use std::time::{Duration, Instant};
 
 use aws_sdk_dynamodb::types::{AttributeValue, TransactWriteItem, Update};
 use serde_json::{json, Value};
-use system_tests::scale::buyers::{stampede, Wave};
+use system_tests::scale::audit::{audit, SaleFacts};
+use system_tests::scale::buyers::{stampede, HoldWatch, Wave};
 use system_tests::scale::{Cluster, ScaleOptions, Shape};
 use system_tests::TestStack;
 use tokio::runtime::Runtime;
@@ -93,6 +97,9 @@ struct Figures {
     sold_out_after: Option<Duration>,
     /// When half, 90 % and 99 % of the `201`s had been answered.
     created_after: [Option<Duration>; 3],
+    /// What the scale-out tests' audit found: every answer against the
+    /// contract, the ledger and the gate against every guarantee.
+    violations: Vec<String>,
     elapsed: Duration,
     orders_per_s: f64,
     answered_503: usize,
@@ -118,6 +125,7 @@ impl Figures {
             "answers": self.by_answer,
             "sold": self.sold,
             "sold_out_s": self.sold_out_after.map(|d| d.as_secs_f64()),
+            "guarantee_violations": self.violations,
             "created_p50_p90_p99_s": self.created_after.map(|d| d.map(|d| d.as_secs_f64())),
             "elapsed_s": self.elapsed.as_secs_f64(),
             "orders_per_s": self.orders_per_s,
@@ -183,6 +191,14 @@ fn print(f: &Figures) {
         at(f.created_after[2]),
         f.by_answer
     );
+    if f.violations.is_empty() {
+        println!("{:<22} audit: every answer and every guarantee held", "");
+    } else {
+        println!("{:<22} audit: {} VIOLATIONS", "", f.violations.len());
+        for v in f.violations.iter().take(10) {
+            println!("{:<24} {v}", "");
+        }
+    }
 }
 
 /// Starts the proxy and a cluster behind it, both on `server`.
@@ -213,7 +229,16 @@ fn stampede_run(server: &Runtime, client: &Runtime, run: Run, tx_latency: Durati
     let wave = client.block_on(stampede(&cluster, &sale, &buyers, run.clients, deadline));
     let stats = proxy.stats();
     let breakdown = server.block_on(cluster.stack.breakdown(&sale));
-    let figures = figures(run, &wave, &breakdown, &cluster, stats);
+    let mut figures = figures(run, &wave, &breakdown, &cluster, stats);
+    // Read after the figures: the audit's sale view starts a sweep.
+    let facts = SaleFacts {
+        sale_id: sale.clone(),
+        stock_total: run.units,
+        per_user_limit: 1,
+    };
+    figures.violations = server
+        .block_on(audit(&cluster, &facts, &[&wave], &HoldWatch::default()))
+        .violations;
     server.block_on(proxy.shutdown());
     drop(cluster);
     figures
@@ -243,6 +268,7 @@ fn figures(
         sold,
         sold_out_after,
         created_after: [0.5, 0.9, 0.99].map(|f| wave.created_after_fraction(f)),
+        violations: Vec::new(),
         elapsed: wave.elapsed,
         orders_per_s: sold as f64 / took.as_secs_f64().max(1e-3),
         answered_503: wave.count(503),
