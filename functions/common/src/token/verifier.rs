@@ -86,11 +86,8 @@ impl TokenVerifier {
     /// signature is checked in a batch with the others arriving at the same
     /// time (`token/batch.rs`): what a request handler calls.
     pub async fn verify_batched(&self, token: &str, now: i64) -> Result<Claims, TokenError> {
-        if token.len() > MAX_TOKEN_BYTES {
-            return Err(TokenError::TooLarge);
-        }
-        if let Some(claims) = self.verified.get(token) {
-            return Self::check_time(claims, now);
+        if let Some(remembered) = self.remembered(token, now)? {
+            return Ok(remembered);
         }
         let signed = self.signed_parts(token)?;
         let verified = match signed.keys.as_slice() {
@@ -111,17 +108,26 @@ impl TokenVerifier {
 
     /// Like [`verify`](Self::verify), remembering tokens that verified.
     pub fn verify_cached(&self, token: &str, now: i64) -> Result<Claims, TokenError> {
-        if token.len() > MAX_TOKEN_BYTES {
-            return Err(TokenError::TooLarge);
-        }
-        if let Some(claims) = self.verified.get(token) {
-            return Self::check_time(claims, now);
+        if let Some(remembered) = self.remembered(token, now)? {
+            return Ok(remembered);
         }
         // Verified outside any lock: a burst of new tokens is checked in
         // parallel, and only the insert takes (one shard's) lock.
         let claims = self.verify(token, now)?;
         self.verified.insert(token, claims.clone());
         Ok(claims)
+    }
+
+    /// A token that verified before, its time checked again; `None` if it
+    /// is not remembered. Oversized tokens are refused unread.
+    fn remembered(&self, token: &str, now: i64) -> Result<Option<Claims>, TokenError> {
+        if token.len() > MAX_TOKEN_BYTES {
+            return Err(TokenError::TooLarge);
+        }
+        self.verified
+            .get(token)
+            .map(|claims| Self::check_time(claims, now))
+            .transpose()
     }
 
     fn check_time(claims: Claims, now: i64) -> Result<Claims, TokenError> {
